@@ -1,0 +1,3 @@
+from nextoken.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""One typed config tree: data, model, optim, train, stability, log (STYLE rule 4).
+
+Every field has a default and a one-line doc (its `help`), which `nextoken train --help` prints.
+Precedence: defaults < preset < TOML file (`--config`) < `--section.field VALUE` flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from nextoken.errors import ConfigError
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "prepared data directory (empty: the built-in stdlib corpus, prepared once and cached)")
+    tokenizer: str = _f("bpe", "tokenizer used when the built-in corpus is prepared: bpe, bytes or a tokenizer.json")
+    vocab_size: int = _f(4096, "BPE vocabulary size used when the built-in corpus is prepared")
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = _f(4, "transformer blocks")
+    n_head: int = _f(4, "attention heads per block")
+    d_model: int = _f(128, "residual stream width")
+    block_size: int = _f(128, "context length in tokens")
+    vocab_size: int = _f(0, "vocabulary size (0: taken from the prepared data)")
+    norm: str = _f("pre", "where the normalization sits in a block", ("pre", "post"))
+    norm_type: str = _f("layernorm", "normalization layer", ("layernorm", "rmsnorm"))
+    pos: str = _f("learned", "position encoding", ("learned", "rope"))
+    mlp: str = _f("gelu", "feed-forward block", ("gelu", "swiglu"))
+    mlp_ratio: float = _f(4.0, "hidden width of the MLP as a multiple of d_model (SwiGLU uses 2/3 of it)")
+    tie_embeddings: bool = _f(True, "share the input embedding and the output projection")
+    dropout: float = _f(0.0, "dropout probability (attention, residual and embeddings)")
+    bias: bool = _f(False, "biases in linear layers and norms")
+    rope_base: float = _f(10000.0, "RoPE base frequency")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(3e-3, "peak learning rate")
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay, applied to matrices only")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
+    schedule: str = _f("cosine", "LR schedule after warmup", ("cosine", "linear", "wsd", "constant"))
+    warmup_steps: int = _f(100, "linear warmup steps")
+    min_lr_ratio: float = _f(0.1, "final LR as a fraction of the peak")
+    decay_ratio: float = _f(0.2, "wsd: fraction of the steps spent in the final decay")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(2000, "optimizer steps")
+    batch_size: int = _f(32, "sequences per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    eval_every: int = _f(250, "steps between evaluations (0: only at the end)")
+    eval_tokens: int = _f(65536, "val tokens per evaluation (0: the whole val split)")
+    ckpt_every: int = _f(500, "steps between checkpoints (0: only at the end)")
+    keep: int = _f(2, "checkpoints kept (the newest K)")
+    log_every: int = _f(10, "steps between train metric lines")
+    seed: int = _f(1337, "seed for init, data order and dropout")
+    precision: str = _f("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "fp32", "bf16"))
+    compile: str = _f("auto", "torch.compile: auto compiles on CUDA", ("auto", "on", "off"))
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    z_loss: float = _f(0.0, "z-loss coefficient (PaLM uses 1e-4)")
+    label_smoothing: float = _f(0.0, "label smoothing")
+    threads: int = _f(0, "CPU threads for torch (0: torch's default)")
+
+
+@dataclass
+class StabilityConfig:
+    policy: str = _f("skip", "what to do with a non-finite step", ("warn", "skip", "rollback"))
+    inject: str = _f("", "fault injection, e.g. lr@300x100,batch@350,nan@450")
+
+
+@dataclass
+class LogConfig:
+    progress: str = _f("auto", "rich progress display", ("auto", "on", "off"))
+    tensorboard: bool = _f(False, "also log to TensorBoard (RUN/tensorboard)")
+    wandb: bool = _f(False, "also log to Weights & Biases (honours WANDB_MODE=offline)")
+    wandb_project: str = _f("nextoken", "Weights & Biases project")
+    sample_tokens: int = _f(200, "tokens in the sample printed at the end of a run")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+    def model_hash(self) -> str:
+        """Hash of the fields that fix the weights' shapes: a checkpoint only loads into the same."""
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self.model), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_types(section: str) -> dict[str, type]:
+    cls = type(getattr(Config(), section))
+    return get_type_hints(cls)
+
+
+def field_docs() -> list[tuple[str, str, Any, str]]:
+    """(flag name, type name, default, help) for every field, for `--help`."""
+    out = []
+    cfg = Config()
+    for sec in dataclasses.fields(cfg):
+        obj = getattr(cfg, sec.name)
+        hints = get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            help_ = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                help_ += f" ({'|'.join(f.metadata['choices'])})"
+            out.append((f"{sec.name}.{f.name}", hints[f.name].__name__, getattr(obj, f.name), help_))
+    return out
+
+
+def _coerce(name: str, typ: type, raw: Any) -> Any:
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            if typ is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if typ is int:
+                value = float(text) if ("e" in text.lower() and "x" not in text.lower()) else int(text, 0)
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                return int(value)
+            if typ is float:
+                return float(text)
+            return text
+        except ValueError:
+            raise ConfigError(f"--{name}: {raw!r} is not a valid {typ.__name__}") from None
+    if typ is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if typ is bool and not isinstance(raw, bool) or typ is not bool and isinstance(raw, bool):
+        raise ConfigError(f"{name}: {raw!r} is not a valid {typ.__name__}")
+    if not isinstance(raw, typ):
+        raise ConfigError(f"{name}: {raw!r} is not a valid {typ.__name__}")
+    return raw
+
+
+def set_field(cfg: Config, dotted: str, raw: Any) -> None:
+    """Set `section.field` from a string (a flag) or a TOML value, checking name and type."""
+    name = dotted.replace("-", "_")
+    if "." not in name:
+        raise ConfigError(f"unknown option --{dotted}: config fields are spelled --section.field (see --help)")
+    section, key = name.split(".", 1)
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r} in --{dotted}; sections: {', '.join(SECTIONS)}")
+    hints = _section_types(section)
+    if key not in hints:
+        close = [k for k in hints if k.startswith(key[:3])]
+        hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config field {section}.{key}{hint}; see `nextoken train --help`")
+    value = _coerce(f"{section}.{key}", hints[key], raw)
+    setattr(getattr(cfg, section), key, value)
+
+
+def apply_dict(cfg: Config, data: dict[str, Any], origin: str) -> None:
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: top-level key {section!r} must be a [section] table")
+        for key, value in values.items():
+            set_field(cfg, f"{section}.{key}", value)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass an existing TOML file to --config")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} is not valid TOML ({e}); fix the file") from None
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """Turn ['--optim.lr', '3e-4', '--model.n_layer=6'] into [('optim.lr', '3e-4'), ...]."""
+    out = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise ConfigError(f"unexpected argument {a!r}; config fields are set as --section.field VALUE")
+        a = a[2:]
+        if "=" in a:
+            k, v = a.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args) or (args[i + 1].startswith("--") and not _is_number(args[i + 1])):
+                raise ConfigError(f"--{a} needs a value")
+            k, v = a, args[i + 1]
+            i += 2
+        out.append((k, v))
+    return out
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def validate(cfg: Config) -> None:
+    """Values that parse but make no sense: one line each, naming the field."""
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    checks = [
+        (m.n_layer >= 1, "model.n_layer must be >= 1"),
+        (m.n_head >= 1, "model.n_head must be >= 1"),
+        (m.d_model >= 1 and m.d_model % max(m.n_head, 1) == 0,
+         f"model.d_model ({m.d_model}) must be a positive multiple of model.n_head ({m.n_head})"),
+        (m.block_size >= 2, "model.block_size must be >= 2"),
+        (m.pos != "rope" or (m.d_model // max(m.n_head, 1)) % 2 == 0, "model.pos rope needs an even head size"),
+        (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (m.vocab_size >= 0, "model.vocab_size must be >= 0"),
+        (o.lr > 0, f"optim.lr must be positive (got {o.lr})"),
+        (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 turns clipping off)"),
+        (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
+        (0 < o.decay_ratio <= 1, "optim.decay_ratio must be in (0, 1]"),
+        (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+        (t.max_steps >= 1, "train.max_steps must be >= 1"),
+        (t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})"),
+        (t.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (t.eval_every >= 0 and t.ckpt_every >= 0, "train.eval_every and train.ckpt_every must be >= 0"),
+        (t.eval_tokens >= 0, "train.eval_tokens must be >= 0"),
+        (t.keep >= 1, "train.keep must be >= 1"),
+        (t.log_every >= 1, "train.log_every must be >= 1"),
+        (t.z_loss >= 0, "train.z_loss must be >= 0"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (cfg.data.vocab_size >= 260, "data.vocab_size must be >= 260 (256 bytes plus special tokens)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            choices = f.metadata.get("choices")
+            if choices and getattr(obj, f.name) not in choices:
+                raise ConfigError(f"{section}.{f.name} must be one of {', '.join(choices)} "
+                                  f"(got {getattr(obj, f.name)!r})")
+
+
+# ---- presets ---------------------------------------------------------------------------------------
+
+def _tiny(cfg: Config) -> None:
+    # Chosen by measurement on the 2-core CPU (docs/LOG.md, "tiny preset"): BPE-4096 on stdlib code,
+    # 4 x 128, context 128; ~5 minutes of training.
+    pass
+
+
+def _small(cfg: Config) -> None:
+    cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model, cfg.model.block_size = 6, 6, 384, 256
+    cfg.optim.lr, cfg.optim.warmup_steps = 1e-3, 200
+    cfg.train.max_steps, cfg.train.batch_size = 5000, 32
+    cfg.train.eval_every, cfg.train.ckpt_every = 500, 1000
+
+
+def _gpt2_124m(cfg: Config) -> None:
+    # GPT-2 small's shape (Radford et al. 2019): 12 x 768, 12 heads, context 1024, 50257-token vocab.
+    cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model, cfg.model.block_size = 12, 12, 768, 1024
+    cfg.model.bias = False
+    cfg.data.vocab_size = 50257
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.weight_decay = 6e-4, 700, 0.1
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.grad_accum = 19000, 16, 32
+    cfg.train.eval_every, cfg.train.ckpt_every, cfg.train.eval_tokens = 1000, 1000, 1 << 20
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "gpt2-124m": _gpt2_124m}
+
+
+def build_config(preset: str | None = None, file: str | None = None,
+                 overrides: list[tuple[str, str]] | None = None) -> Config:
+    cfg = Config()
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        PRESETS[preset](cfg)
+    if file:
+        apply_dict(cfg, load_toml(file), str(file))
+    for key, value in overrides or []:
+        set_field(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    apply_dict(cfg, data, "config")
+    return cfg

@@ -1,0 +1,36 @@
+"""The built-in corpus, prepared once and cached: the running interpreter's standard library."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from nextoken.data.prepare import PrepareOptions, prepare
+from nextoken.data.sources import stdlib_files
+from nextoken.errors import DataError
+
+
+def cache_root() -> Path:
+    if os.environ.get("NEXTOKEN_CACHE"):
+        return Path(os.environ["NEXTOKEN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nextoken"
+
+
+def stdlib_data(tokenizer: str = "bpe", vocab_size: int = 4096, log=None) -> Path:
+    """Prepared data for `stdlib` with this tokenizer, preparing it on first use."""
+    files = stdlib_files()
+    digest = hashlib.sha256("".join(f"{f}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:10]
+    tag = "bytes" if tokenizer == "bytes" else f"{tokenizer}{vocab_size}"
+    if tokenizer not in ("bpe", "bytes"):
+        if not Path(tokenizer).is_file():
+            raise DataError(f"data.tokenizer {tokenizer} does not exist; use bpe, bytes or a tokenizer.json path")
+        tag = "tok" + hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()[:10]
+    out = cache_root() / f"stdlib-py{sys.version_info.major}{sys.version_info.minor}-{tag}-{digest}"
+    if not (out / "manifest.json").is_file():
+        if log:
+            log(f"preparing the built-in corpus (Python {sys.version.split()[0]} standard library) into {out}")
+        prepare(["stdlib"], out, PrepareOptions(tokenizer=tokenizer, vocab_size=vocab_size, force=True), log=log)
+    return out

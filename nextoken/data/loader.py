@@ -1,0 +1,84 @@
+"""Batches from token shards: x = ids[t : t+T], y = ids[t+1 : t+T+1] (teacher forcing).
+
+The loader is stateless: the sequences of data step `s` are drawn from a generator seeded with
+(seed, s), so the loader position is one integer. Resuming sets it, a rollback that skips batches
+adds to it, and the global batch of a step is the same whatever the number of processes: rank r of
+W takes its own slice of the step's sequences.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nextoken.data.prepare import read_manifest
+from nextoken.errors import DataError
+
+
+class TokenData:
+    """The token shards of one split, memory-mapped (nothing is read until it is sampled)."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        self.dir = Path(data_dir)
+        self.manifest = read_manifest(self.dir)
+        if split not in self.manifest["splits"]:
+            raise DataError(f"{self.dir} has no {split!r} split; splits: {', '.join(self.manifest['splits'])}")
+        info = self.manifest["splits"][split]
+        dtype = np.dtype(self.manifest["dtype"])
+        self.shards = []
+        for name in info["shards"]:
+            path = self.dir / split / name
+            if not path.is_file():
+                raise DataError(f"{path} is missing; prepare the data again")
+            if path.stat().st_size % dtype.itemsize:
+                raise DataError(f"{path} is truncated; prepare the data again")
+            if path.stat().st_size:
+                self.shards.append(np.memmap(path, dtype=dtype, mode="r"))
+        self.n_tokens = sum(len(s) for s in self.shards)
+        self.n_bytes = info["bytes"]
+        self.split = split
+
+    def check_context(self, block_size: int) -> None:
+        longest = max((len(s) for s in self.shards), default=0)
+        if longest < block_size + 1:
+            raise DataError(
+                f"the {self.split} split has {longest} tokens, fewer than one context window "
+                f"({block_size}+1); lower --model.block_size or add text to the corpus"
+            )
+
+
+class BatchSampler:
+    """Random windows of `block_size + 1` tokens, drawn by (seed, data_step)."""
+
+    def __init__(self, data: TokenData, block_size: int, seed: int):
+        data.check_context(block_size)
+        self.data, self.T, self.seed = data, block_size, seed
+        starts = np.array([max(len(s) - block_size, 0) for s in data.shards], dtype=np.int64)
+        self._cum = np.cumsum(starts)
+
+    def batch(self, data_step: int, n_seqs: int, offset: int = 0, count: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences [offset, offset+count) of the `n_seqs` drawn for `data_step`, as (x, y) int64."""
+        count = n_seqs - offset if count is None else count
+        rng = np.random.default_rng([self.seed, data_step])
+        picks = rng.integers(0, self._cum[-1], size=n_seqs)[offset:offset + count]
+        shard_idx = np.searchsorted(self._cum, picks, side="right")
+        local = picks - np.concatenate([[0], self._cum[:-1]])[shard_idx]
+        rows = np.stack([self.data.shards[s][o:o + self.T + 1] for s, o in zip(shard_idx, local, strict=True)])
+        rows = torch.from_numpy(rows.astype(np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+
+def eval_windows(data: TokenData, block_size: int, max_tokens: int):
+    """Consecutive non-overlapping windows over the split, up to `max_tokens` targets (0: all)."""
+    data.check_context(block_size)
+    budget = max_tokens or data.n_tokens
+    for shard in data.shards:
+        for start in range(0, len(shard) - block_size, block_size):
+            if budget <= 0:
+                return
+            row = torch.from_numpy(shard[start:start + block_size + 1].astype(np.int64))
+            budget -= block_size
+            yield row[:-1], row[1:]

@@ -1,0 +1,251 @@
+"""Text to token shards: DATA/tokenizer.json, DATA/{train,val}/*.bin, DATA/manifest.json.
+
+Streaming: documents are read one at a time, tokenized in batches of about `buffer_mb`, and
+appended to the current shard, so memory is bounded by the buffer, not by the corpus. BPE training
+needs a first pass over the train documents; it reads at most `tokenizer_sample_mb` of them.
+
+The split is by document and deterministic: document i (in the sorted order of the sources) goes
+to val when i % k == 0 with k = round(1 / val_fraction), so any corpus of two or more documents
+has both splits.
+
+Everything is written into a temporary directory beside `out` and renamed into place at the end,
+so an interrupted or failed prepare leaves no half-written data and never touches an existing one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from nextoken.data import sources as S
+from nextoken.data.tokenizer import bytes_tokenizer, eot_id, load_tokenizer, tokenizer_hash, train_bpe
+from nextoken.errors import DataError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+
+
+@dataclass
+class PrepareOptions:
+    tokenizer: str = "bpe"
+    vocab_size: int = 4096
+    val_fraction: float = 0.02
+    text_field: str = "text"
+    utf8: str = "strict"
+    buffer_mb: float = 8.0
+    shard_tokens: int = 1 << 28
+    tokenizer_sample_mb: float = 64.0
+    force: bool = False
+    progress: bool = True
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+class _ShardWriter:
+    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int):
+        folder.mkdir(parents=True)
+        self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
+        self.tokens = self.bytes = self.documents = 0
+        self.shards: list[str] = []
+        self._fh = None
+        self._in_shard = 0
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self._fh is None or self._in_shard >= self.shard_tokens:
+                self._open()
+            take = min(len(ids), self.shard_tokens - self._in_shard)
+            try:
+                self._fh.write(ids[:take].astype(self.dtype, copy=False).tobytes())
+            except OSError as e:
+                raise DataError(f"cannot write {self.folder}: {e.strerror}; free disk space and rerun") from None
+            self._in_shard += take
+            self.tokens += take
+            ids = ids[take:]
+
+    def _open(self) -> None:
+        self.close()
+        name = f"shard_{len(self.shards):05d}.bin"
+        self.shards.append(name)
+        self._fh = open(self.folder / name, "wb")  # noqa: SIM115 (closed in close())
+        self._in_shard = 0
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+
+def _split_of(i: int, val_fraction: float) -> str:
+    if val_fraction <= 0:
+        return "train"
+    k = max(1, round(1 / val_fraction))
+    return "val" if i % k == 0 else "train"
+
+
+def _build_tokenizer(srcs: list[S.Source], opt: PrepareOptions) -> Tokenizer:
+    if opt.tokenizer == "bytes":
+        return bytes_tokenizer()
+    if opt.tokenizer != "bpe":
+        return load_tokenizer(opt.tokenizer)
+    limit = int(opt.tokenizer_sample_mb * 1e6)
+
+    def train_docs() -> Iterator[str]:
+        seen = 0
+        stats = S.ReadStats()
+        for i, doc in enumerate(S.iter_documents(srcs, stats, opt.text_field, opt.utf8)):
+            if _split_of(i, opt.val_fraction) == "train":
+                yield doc
+                seen += len(doc)
+                if seen >= limit:
+                    return
+
+    return train_bpe(train_docs(), opt.vocab_size)
+
+
+def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) -> dict:
+    """Prepare `specs` into `out`; returns the manifest."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not opt.force:
+        raise DataError(f"{out} already exists and is not empty; choose another --out or pass --force")
+    if not 0 <= opt.val_fraction < 1:
+        raise DataError("--val-fraction must be in [0, 1)")
+    srcs = S.resolve(specs)
+    total_bytes = sum(s.path.stat().st_size for s in srcs)
+    t0 = time.perf_counter()
+
+    tok = _build_tokenizer(srcs, opt)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = shard_dtype(vocab)
+    eot = eot_id(tok)
+    t_tok = time.perf_counter() - t0
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        writers = {s: _ShardWriter(tmp / s, dtype, opt.shard_tokens) for s in SPLITS}
+        stats = S.ReadStats()
+        _encode_all(srcs, tok, eot, writers, stats, opt, total_bytes)
+        for w in writers.values():
+            w.close()
+        if stats.documents == 0:
+            raise DataError("the corpus holds no text (every document is empty or binary); "
+                            "pass files with text in them")
+        if writers["train"].tokens == 0:
+            raise DataError("the train split is empty; give more documents or lower --val-fraction")
+        tok.save(str(tmp / "tokenizer.json"))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dtype": dtype.name,
+            "vocab_size": vocab,
+            "eot_id": eot,
+            "tokenizer": opt.tokenizer if opt.tokenizer in ("bpe", "bytes") else "file",
+            "tokenizer_hash": tokenizer_hash(tok),
+            "sources": specs,
+            "documents": stats.documents,
+            "files": stats.files,
+            "skipped_binary": len(stats.skipped_binary),
+            "utf8_replacements": stats.replaced,
+            "val_fraction": opt.val_fraction,
+            "splits": {s: {"tokens": w.tokens, "bytes": w.bytes, "documents": w.documents, "shards": w.shards}
+                       for s, w in writers.items()},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dt = time.perf_counter() - t0
+    n_tok = sum(w.tokens for w in writers.values())
+    n_bytes = sum(w.bytes for w in writers.values())
+    log(f"prepared {stats.documents} documents ({n_bytes / 1e6:.1f} MB) into {n_tok:,} tokens "
+        f"(train {writers['train'].tokens:,}, val {writers['val'].tokens:,}), vocab {vocab}, {dtype.name}; "
+        f"{n_bytes / 1e6 / dt:.2f} MB/s, {n_tok / dt:,.0f} tokens/s "
+        f"({t_tok:.1f}s of it training the tokenizer)")
+    if stats.replaced:
+        log(f"replaced {stats.replaced} invalid UTF-8 sequences with U+FFFD")
+    if stats.skipped_binary:
+        log(f"skipped {len(stats.skipped_binary)} binary files (e.g. {stats.skipped_binary[0]})")
+    return manifest
+
+
+def _encode_all(srcs, tok, eot, writers, stats, opt, total_bytes) -> None:
+    buffers: dict[str, list[str]] = {s: [] for s in SPLITS}
+    sizes = dict.fromkeys(SPLITS, 0)
+    limit = int(opt.buffer_mb * 1e6)
+
+    def flush(split: str) -> None:
+        docs = buffers[split]
+        if not docs:
+            return
+        encs = tok.encode_batch(docs, add_special_tokens=False)
+        ids = np.fromiter((i for e in encs for i in (*e.ids, eot)), dtype=np.int64)
+        w = writers[split]
+        w.write(ids)
+        w.documents += len(docs)
+        w.bytes += sum(len(d.encode("utf-8")) for d in docs)
+        buffers[split], sizes[split] = [], 0
+
+    progress = _progress(total_bytes) if opt.progress else None
+    on_bytes = (lambda n: progress.advance(progress.task_ids[0], n)) if progress else None
+    try:
+        if progress:
+            progress.start()
+        docs = S.iter_documents(srcs, stats, opt.text_field, opt.utf8, on_bytes=on_bytes)
+        for i, doc in enumerate(docs):
+            split = _split_of(i, opt.val_fraction)
+            buffers[split].append(doc)
+            sizes[split] += len(doc)
+            if sizes[split] >= limit:
+                flush(split)
+        for s in SPLITS:
+            flush(s)
+    finally:
+        if progress:
+            progress.stop()
+
+
+def _progress(total_bytes: int):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    p = Progress("[bold]prepare", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                 transient=True, disable=not sys.stderr.isatty())
+    p.add_task("read", total=total_bytes)
+    return p
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    d = Path(data_dir)
+    m = d / "manifest.json"
+    if not m.is_file():
+        raise DataError(f"{d} is not prepared data (no manifest.json); run `nextoken prepare SOURCE --out {d}`")
+    try:
+        manifest = json.loads(m.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{m} is corrupt; prepare the data again") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{d} was prepared by an incompatible nextoken (format "
+                        f"{manifest.get('format_version')}); prepare it again")
+    return manifest
+
+
+def open_tokenizer(data_dir: str | Path) -> Tokenizer:
+    return load_tokenizer(Path(data_dir) / "tokenizer.json")

@@ -1,0 +1,195 @@
+"""Corpus sources: files, directories, globs, .jsonl/.parquet, and the built-in `stdlib` corpus.
+
+A source yields documents (str). Reading is streaming: one file, one JSON line or one parquet
+record batch at a time, so memory never depends on the corpus size.
+
+Invalid UTF-8: by default a source with bytes that are not UTF-8 is refused, naming the file and
+offset (silently training on mojibake is worse than stopping). With `utf8="replace"` every bad
+byte sequence becomes U+FFFD and the number of replacements is counted and reported.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nextoken.errors import DataError
+
+# Directories of the standard library that hold its own test suites (excluded by default).
+_STDLIB_TEST_DIRS = {"test", "tests", "idle_test"}
+_STDLIB_SKIP_DIRS = {"site-packages", "__pycache__"}
+
+
+@dataclass
+class ReadStats:
+    """What reading the sources found; bytes are of the decoded text re-encoded as UTF-8."""
+
+    files: int = 0
+    documents: int = 0
+    bytes_read: int = 0
+    replaced: int = 0
+    skipped_binary: list[str] = field(default_factory=list)
+    skipped_empty: int = 0
+
+
+def stdlib_files(include_tests: bool = False) -> list[Path]:
+    """The .py sources of the running interpreter's standard library, sorted."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root).parts
+        skip = _STDLIB_SKIP_DIRS | (set() if include_tests else _STDLIB_TEST_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        if any(p in skip for p in rel):
+            continue
+        out += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
+    return sorted(out)
+
+
+@dataclass
+class Source:
+    """One resolved input: a path and how to read it."""
+
+    path: Path
+    kind: str  # text | jsonl | parquet
+    explicit: bool  # named directly by the user (a binary file is then an error, not a skip)
+
+
+def resolve(specs: list[str]) -> list[Source]:
+    """Expand files, directories, globs and `stdlib` into a sorted, de-duplicated list of sources."""
+    if not specs:
+        raise DataError("no corpus given; pass files, directories, globs, or `stdlib`")
+    out: list[Source] = []
+    for spec in specs:
+        if spec == "stdlib":
+            out += [Source(p, "text", False) for p in stdlib_files()]
+            continue
+        p = Path(spec)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p)))
+            if not files:
+                raise DataError(f"directory {spec} holds no files; point at a directory with text files")
+            out += [Source(f, _kind(f), False) for f in files]
+        elif p.is_file():
+            out.append(Source(p, _kind(p), True))
+        elif any(c in spec for c in "*?["):
+            files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+            if not files:
+                raise DataError(f"glob {spec!r} matches no files; check the pattern")
+            out += [Source(f, _kind(f), False) for f in files]
+        else:
+            raise DataError(f"corpus source {spec} does not exist; pass an existing file, directory or glob")
+    seen: set[Path] = set()
+    unique = []
+    for s in out:
+        key = s.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    return unique
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def _kind(p: Path) -> str:
+    name = p.name.lower()
+    if name.endswith(".jsonl") or name.endswith(".ndjson"):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
+def _decode(raw: bytes, where: str, utf8: str, stats: ReadStats) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if utf8 != "replace":
+            raise DataError(
+                f"{where} is not valid UTF-8 (byte {e.start}); fix the file or pass --utf8 replace "
+                "to replace bad bytes with U+FFFD"
+            ) from None
+    text = raw.decode("utf-8", errors="replace")
+    stats.replaced += text.count("\ufffd") - raw.count("\ufffd".encode())
+    return text
+
+
+def _looks_binary(raw: bytes) -> bool:
+    return b"\x00" in raw[:8192]
+
+
+def iter_documents(sources: list[Source], stats: ReadStats, text_field: str = "text",
+                   utf8: str = "strict", on_bytes=None) -> Iterator[str]:
+    """Yield documents: a text file is one document, a jsonl line or parquet row is one."""
+    for src in sources:
+        stats.files += 1
+        size = src.path.stat().st_size
+        if src.kind == "text":
+            raw = src.path.read_bytes()
+            if _looks_binary(raw):
+                if src.explicit:
+                    raise DataError(f"{src.path} looks like a binary file (it holds NUL bytes); "
+                                    "pass text files")
+                stats.skipped_binary.append(str(src.path))
+            else:
+                text = _decode(raw, str(src.path), utf8, stats)
+                yield from _emit(text, stats)
+        elif src.kind == "jsonl":
+            yield from _iter_jsonl(src.path, text_field, utf8, stats)
+        else:
+            yield from _iter_parquet(src.path, text_field, stats)
+        if on_bytes:
+            on_bytes(size)
+
+
+def _emit(text: str, stats: ReadStats) -> Iterator[str]:
+    if not text.strip():
+        stats.skipped_empty += 1
+        return
+    stats.documents += 1
+    stats.bytes_read += len(text.encode("utf-8"))
+    yield text
+
+
+def _iter_jsonl(path: Path, text_field: str, utf8: str, stats: ReadStats) -> Iterator[str]:
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            line = _decode(raw, f"{path}:{lineno}", utf8, stats)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{lineno} is not valid JSON; each line of a .jsonl file must be "
+                                "one JSON object") from None
+            if not isinstance(row, dict) or text_field not in row:
+                raise DataError(f"{path}:{lineno} has no {text_field!r} field; set the field with "
+                                "--text-field NAME")
+            if not isinstance(row[text_field], str):
+                raise DataError(f"{path}:{lineno}: field {text_field!r} is not a string")
+            yield from _emit(row[text_field], stats)
+
+
+def _iter_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading .parquet needs pyarrow: pip install 'nextoken[parquet]'") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path} is not a readable parquet file ({type(e).__name__}); check the file") from None
+    if text_field not in pf.schema_arrow.names:
+        raise DataError(f"{path} has no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
+                        "set the column with --text-field NAME")
+    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if isinstance(text, str):
+                yield from _emit(text, stats)

@@ -1,0 +1,110 @@
+"""Sampling (temperature, top-k, top-p, KV-cache) and the next-token distribution."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from nextoken.errors import NextokenError
+from nextoken.model import GPT, KVCache
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if temperature < 0:
+        raise NextokenError(f"--temperature must be >= 0 (0 is greedy); got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise NextokenError(f"--top-k must be >= 1; got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise NextokenError(f"--top-p must be in (0, 1]; got {top_p}")
+
+
+def filter_logits(logits_V: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Keep the k most likely tokens, then the smallest set whose probability reaches p (nucleus,
+    Holtzman et al. 2020); the rest get -inf."""
+    out = logits_V.clone()
+    if top_k is not None and top_k < out.numel():
+        kth = torch.topk(out, top_k).values[-1]
+        out[out < kth] = float("-inf")
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(out, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens after the nucleus is complete
+        out[order[drop]] = float("-inf")
+    return out
+
+
+@torch.no_grad()
+def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None) -> Iterator[int]:
+    """Yield new token ids one at a time; each costs one position thanks to the KV-cache."""
+    check_sampling(temperature, top_k, top_p)
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    T = model.cfg.block_size
+    context = list(ids)[-T:]
+    cache = KVCache(model.cfg, 1, device, next(model.parameters()).dtype)
+    logits = model(torch.tensor([context], device=device), cache)[0, -1]
+    for _ in range(max_new_tokens):
+        if temperature == 0:
+            nxt = int(logits.argmax())
+        else:
+            probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        yield nxt
+        context.append(nxt)
+        if cache.pos >= T:  # the window is full: start again from its second half
+            context = context[-(T // 2):]
+            cache = KVCache(model.cfg, 1, device, next(model.parameters()).dtype)
+            logits = model(torch.tensor([context], device=device), cache)[0, -1]
+        else:
+            logits = model(torch.tensor([[nxt]], device=device), cache)[0, -1]
+
+
+def stream_text(tokenizer, model: GPT, prompt: str, max_new_tokens: int, **kw) -> Iterator[str]:
+    """Decoded text pieces as tokens arrive; a piece is held back while it ends inside a UTF-8 character."""
+    ids = encode_prompt(tokenizer, prompt)
+    out: list[int] = []
+    shown = 0
+    for nxt in generate(model, ids, max_new_tokens, **kw):
+        out.append(nxt)
+        text = tokenizer.decode(out, skip_special_tokens=False)
+        if not text.endswith("\ufffd"):
+            yield text[shown:]
+            shown = len(text)
+    text = tokenizer.decode(out, skip_special_tokens=False)
+    if len(text) > shown:
+        yield text[shown:]
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    from nextoken.data.tokenizer import eot_id
+
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    # An empty prompt starts a fresh document, as after an end-of-text separator.
+    return ids if ids else [eot_id(tokenizer)]
+
+
+@torch.no_grad()
+def next_token_distribution(model: GPT, tokenizer, prompt: str, temperature: float = 1.0, top: int = 10) -> dict:
+    """The model's distribution over the next token. Temperature reshapes what sampling draws from;
+    the loss and perplexity are always computed from the unscaled logits (temperature 1)."""
+    if temperature <= 0:
+        raise NextokenError(f"--temperature must be > 0 to show a distribution; got {temperature}")
+    if top < 1:
+        raise NextokenError(f"--top must be >= 1; got {top}")
+    ids = encode_prompt(tokenizer, prompt)[-model.cfg.block_size:]
+    device = next(model.parameters()).device
+    logits = model(torch.tensor([ids], device=device))[0, -1].float()
+    logp = (logits / temperature).log_softmax(-1)
+    p = logp.exp()
+    entropy = float(-(p * logp).sum())
+    values, idx = torch.topk(p, min(top, p.numel()))
+    rows = [{"id": int(i), "token": tokenizer.decode([int(i)], skip_special_tokens=False), "prob": float(v),
+             "neg_log_p": float(-logp[i])} for v, i in zip(values, idx, strict=True)]
+    return {"prompt": prompt, "temperature": temperature, "entropy_nats": entropy,
+            "effective_choices": math.exp(entropy), "top": rows}

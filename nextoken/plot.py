@@ -1,0 +1,81 @@
+"""`nextoken plot RUN`: train and val loss against tokens (with a perplexity axis), the LR schedule,
+and the run's incidents (spikes, skips, rollbacks, non-finite steps) marked on the curve."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from nextoken.errors import NextokenError
+from nextoken.train.logger import read_metrics
+
+_EVENT_STYLE = {"spike": ("v", "tab:orange"), "nan": ("x", "tab:red"), "skip": ("s", "tab:purple"),
+                "rollback": ("D", "tab:red")}
+
+
+def _last_per_step(rows: list[dict], kind: str) -> list[dict]:
+    by_step = {r["step"]: r for r in rows if r.get("kind") == kind and r.get("loss") is not None}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise NextokenError(f"{run_dir} has no metrics.jsonl; pass a run directory written by nextoken train")
+    rows = read_metrics(run_dir)
+    train, val = _last_per_step(rows, "train"), _last_per_step(rows, "eval")
+    if not train:
+        raise NextokenError(f"{run_dir}/metrics.jsonl has no training steps yet; train first")
+    out = Path(out) if out else run_dir / "loss.png"
+
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(9, 7), height_ratios=[3, 1], constrained_layout=True)
+    tok = [r["tokens"] for r in train]
+    ax.plot(tok, [r["loss"] for r in train], lw=1, alpha=0.8, label="train loss")
+    if val:
+        ax.plot([r["tokens"] for r in val], [r["loss"] for r in val], "o-", lw=2, label="val loss")
+        best = val[-1]
+        ax.annotate(f"val {best['loss']:.3f} nats, {best['bits_per_byte']:.3f} bits/byte",
+                    (best["tokens"], best["loss"]), textcoords="offset points", xytext=(-10, 20), ha="right")
+    step_tokens = {r["step"]: r["tokens"] for r in train}
+    step_loss = {r["step"]: r["loss"] for r in train}
+    for ev in (r for r in rows if r.get("kind") == "event" and r.get("type") in _EVENT_STYLE):
+        marker, color = _EVENT_STYLE[ev["type"]]
+        s = ev["step"]
+        near = min(step_tokens, key=lambda k: abs(k - s))
+        y = step_loss.get(near)
+        y = y if y is not None and math.isfinite(y) else ax.get_ylim()[1]
+        ax.plot(step_tokens[near], y, marker, color=color, ms=9, label=ev["type"])
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=True))
+    ax.legend(uniq.values(), uniq.keys())
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(f"{run_dir.name}: next-token loss")
+    ax.grid(alpha=0.3)
+    ppl = ax.secondary_yaxis("right", functions=(lambda x: _exp(x), lambda p: _log(p)))
+    ppl.set_ylabel("perplexity")
+
+    ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.grid(alpha=0.3)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _exp(x):
+    import numpy as np
+
+    return np.exp(np.clip(x, -50, 50))
+
+
+def _log(p):
+    import numpy as np
+
+    return np.log(np.clip(p, 1e-12, None))
