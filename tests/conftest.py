@@ -1,0 +1,77 @@
+"""Shared fixtures: small corpora the tests write themselves, prepared once per session."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from nextoken.config import Config
+from nextoken.data.prepare import PrepareOptions, prepare
+
+
+def make_corpus(folder: Path, n_docs: int = 40, seed: int = 0) -> Path:
+    """Python-like text with structure a tiny model can learn quickly."""
+    rng = random.Random(seed)
+    names = ["alpha", "beta", "gamma", "delta", "count", "value", "items", "total", "result", "name"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(n_docs):
+        lines = []
+        for _ in range(rng.randint(8, 20)):
+            a, b = rng.sample(names, 2)
+            lines.append(rng.choice([
+                f"def {a}_{b}({a}, {b}):\n    return {a} + {b}\n",
+                f"for {a} in {b}:\n    {a} += 1\n",
+                f"if {a} > {rng.randint(0, 99)}:\n    print({b})\n",
+                f"{a} = [{b} * {rng.randint(1, 9)} for {b} in range({rng.randint(2, 20)})]\n",
+            ]))
+        (folder / f"doc_{d:03d}.py").write_text("".join(lines))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("NEXTOKEN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def bytes_data(tmp_path_factory, corpus_dir) -> Path:
+    """Prepared data with the byte-level tokenizer (vocab 257)."""
+    out = tmp_path_factory.mktemp("prep") / "bytes"
+    prepare([str(corpus_dir)], out, PrepareOptions(tokenizer="bytes", val_fraction=0.1, progress=False),
+            log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bpe_data(tmp_path_factory, corpus_dir) -> Path:
+    """Prepared data with a small trained BPE (vocab 320)."""
+    out = tmp_path_factory.mktemp("prep") / "bpe"
+    prepare([str(corpus_dir)], out, PrepareOptions(tokenizer="bpe", vocab_size=320, val_fraction=0.1,
+                                                   progress=False), log=lambda m: None)
+    return out
+
+
+def tiny_config(data: Path, **overrides) -> Config:
+    """A model small enough that a few steps take well under a second on the CPU."""
+    cfg = Config()
+    cfg.data.path = str(data)
+    cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model, cfg.model.block_size = 2, 2, 32, 32
+    cfg.train.max_steps, cfg.train.batch_size = 20, 4
+    cfg.train.eval_every, cfg.train.ckpt_every, cfg.train.eval_tokens, cfg.train.log_every = 10, 10, 2048, 1
+    cfg.optim.warmup_steps = 5
+    cfg.log.progress = "off"
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
