@@ -77,6 +77,7 @@ class TrainConfig:
     z_loss: float = _f(0.0, "z-loss coefficient (PaLM uses 1e-4)")
     label_smoothing: float = _f(0.0, "label smoothing")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
+    parallel: str = _f("ddp", "data parallelism under torchrun: ddp, or fsdp (FSDP2, sharded)", ("ddp", "fsdp"))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -72,21 +73,120 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         state.update(extra_tensors or {})
         save_file(state, str(tmp / "state.safetensors"))
         (tmp / "trainer.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **trainer}, indent=2))
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_latest(ckpt_root, name)
+        _publish(tmp, final)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        what = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
-        raise CheckpointError(f"could not write checkpoint {final} ({what}); free space and rerun with "
-                              f"--resume: the previous checkpoint is intact") from None
+        raise _write_error(final, e) from None
     if prune:
         prune_checkpoints(ckpt_root, keep)
     return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """fsync what `tmp` holds, rename it to `final` and point `latest` at it."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            _fsync_file(f)
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_latest(final.parent, final.name)
+
+
+def _write_error(final: Path, e: OSError) -> CheckpointError:
+    what = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+    return CheckpointError(f"could not write checkpoint {final} ({what}); free space and rerun with "
+                           f"--resume: the previous checkpoint is intact")
+
+
+# ---- sharded checkpoints (FSDP2): torch.distributed.checkpoint ------------------------------------
+# step_NNNNNNNN/dcp/ holds the model and optimizer state, each rank writing its own shards with
+# fully-qualified parameter names, so the checkpoint loads into any number of processes (DCP
+# reshards on load), one included; trainer.json and state.safetensors (RNG) are as above. Several
+# nodes need a filesystem they all see.
+
+DCP_DIR = "dcp"
+
+
+def is_sharded(ckpt: Path) -> bool:
+    return (Path(ckpt) / DCP_DIR / ".metadata").is_file()
+
+
+def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if optimizer is None:
+            return {"model": get_model_state_dict(model)}
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                            trainer: dict, extra_tensors: dict[str, torch.Tensor], keep: int, is_main: bool,
+                            barrier) -> Path:
+    """Collective: every rank calls it. Rank 0 writes the small files and publishes the directory."""
+    import torch.distributed.checkpoint as dcp
+
+    ckpt_root = Path(run_dir) / "checkpoints"
+    name = f"step_{step:08d}"
+    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}-sharded"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(_dcp_state(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
+        if is_main:
+            save_file(extra_tensors, str(tmp / "state.safetensors"))
+            (tmp / "trainer.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **trainer}, indent=2))
+            _publish(tmp, final)
+    except OSError as e:
+        raise _write_error(final, e) from None
+    barrier()
+    if is_main:
+        prune_checkpoints(ckpt_root, keep)
+    return final
+
+
+def load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load a sharded checkpoint into a model (and optimizer) of any world size, a single process too."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    state = _dcp_state(model, optimizer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, checkpoint_id=str(Path(ckpt) / DCP_DIR))
+    except Exception as e:  # DCP wraps every per-rank failure in its own exception types
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{ckpt}/{DCP_DIR} is unreadable or does not match this model ({first}); "
+                              "use an earlier checkpoint or the run's own config") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if optimizer is None:
+            set_model_state_dict(model, state["model"])
+        else:
+            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def load_training_state(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Weights and optimizer moments from either format; returns the checkpoint's other tensors (RNG)."""
+    if is_sharded(ckpt):
+        load_sharded(ckpt, model, optimizer)
+        return load_state(ckpt)
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        raise CheckpointError(f"{ckpt} was written by a DDP or single-process run; resume it with "
+                              "--train.parallel ddp")
+    load_weights(model, ckpt)
+    tensors = load_state(ckpt)
+    restore_optimizer(model, optimizer, tensors)
+    return tensors
 
 
 def _write_latest(ckpt_root: Path, name: str) -> None:
@@ -140,6 +240,9 @@ def read_trainer(ckpt: Path) -> dict:
 
 
 def load_weights(model: nn.Module, ckpt: Path) -> None:
+    if is_sharded(ckpt):
+        load_sharded(ckpt, model)
+        return
     try:
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except (SafetensorError, OSError) as e:

@@ -1,0 +1,234 @@
+"""Data-parallel training over the processes torchrun starts: DDP by default, FSDP2 on request.
+
+The same command runs as one process (no process group at all), as several CPU processes (gloo)
+or on GPUs (nccl); the backend follows the device. The global batch is `batch_size * grad_accum`
+sequences whatever the world size W: rank r takes sequences [r*n/W, (r+1)*n/W) of each step's draw
+(data/loader.py is stateless, so every rank can draw the same step), in equal micro-batches, and
+the gradient average over ranks equals that of one process doing all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from nextoken.config import TrainConfig
+from nextoken.errors import ConfigError, NextokenError
+
+RESUME_HINT = "continue from the last complete checkpoint with the same command plus --resume"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    parallel: str = "ddp"  # ddp | fsdp: how the model is wrapped, and the checkpoint format
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """A process group is live (torchrun with more than one process)."""
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a scalar tensor (the loss of each rank's slice)."""
+        if self.enabled:
+            value = value.detach().clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.world
+        return value
+
+    def peer_failure(self, err: BaseException) -> NextokenError | None:
+        """The user-facing error for a collective that failed because another rank died, else None."""
+        if not self.enabled or not isinstance(err, RuntimeError):
+            return None
+        text = str(err).lower()
+        signs = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "gloo",
+                 "nccl", "peer", "socket")
+        if isinstance(err, dist.DistError) or any(s in text for s in signs):
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            return NextokenError(f"rank {self.rank}: another process of the job failed or was killed ({first}); "
+                                 f"the job stops; {RESUME_HINT}")
+        return None
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+_STATE: Dist | None = None
+
+
+def world_from_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun (or any launcher using its variables) sets them."""
+    try:
+        return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)") from None
+
+
+def init_distributed(cfg: TrainConfig) -> Dist:
+    """Join the job torchrun started (idempotent); a single process gets a Dist with world 1."""
+    global _STATE
+    if _STATE is not None and (not _STATE.enabled or dist.is_initialized()):
+        _STATE.parallel = cfg.parallel
+        return _STATE
+    rank, world, local_rank = world_from_env()
+    d = Dist(rank, world, local_rank, cfg.parallel)
+    if world > 1:
+        cuda = torch.cuda.is_available() and cfg.device != "cpu"
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        backend = "nccl" if cuda else "gloo"
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10),
+                                    device_id=torch.device("cuda", local_rank) if cuda else None)
+        except (RuntimeError, ValueError) as e:
+            raise _init_error(e) from None
+        _stop_on_sigterm(rank)
+    _STATE = d
+    return d
+
+
+def _init_error(err: Exception) -> NextokenError:
+    text = str(err)
+    port = os.environ.get("MASTER_PORT", "?")
+    if "address already in use" in text.lower() or "eaddrinuse" in text.lower():
+        return NextokenError(f"port {port} is in use; pick a free one with torchrun --master_port, or let "
+                             "torchrun choose with --standalone (one machine)")
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(err).__name__
+    return NextokenError(f"could not join the distributed job at {os.environ.get('MASTER_ADDR', '?')}:{port} "
+                         f"({first}); check the rendezvous address and that every node can reach it")
+
+
+def _stop_on_sigterm(rank: int) -> None:
+    # torchrun stops the surviving ranks with SIGTERM when one fails: say why instead of dying silently.
+    def handler(signum, frame):
+        print(f"error: rank {rank}: stopped by torchrun because another process of the job failed; "
+              f"{RESUME_HINT}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def main_first(cfg: TrainConfig):
+    """Rank 0 runs the body first (preparing a shared cache, say), then the others, which find it done."""
+    d = init_distributed(cfg)
+    if not d.is_main:
+        d.barrier()
+    yield d
+    if d.is_main:
+        d.barrier()
+
+
+def rank_slices(batch_size: int, grad_accum: int, d: Dist) -> list[tuple[int, int]]:
+    """(offset, count) of this rank's micro-batches within the step's batch_size * grad_accum sequences.
+
+    The micro-batches are equal (so the mean of their mean losses is the global mean) and at most
+    batch_size sequences (so memory per rank never grows with fewer ranks)."""
+    n = batch_size * grad_accum
+    if n % d.world:
+        raise ConfigError(f"the global batch (train.batch_size * train.grad_accum = {n} sequences) must split "
+                          f"evenly over {d.world} processes; make train.batch_size or train.grad_accum "
+                          f"a multiple of {d.world}")
+    per_rank = n // d.world
+    micro = max(m for m in range(1, min(batch_size, per_rank) + 1) if per_rank % m == 0)
+    start = d.rank * per_rank
+    return [(start + i * micro, micro) for i in range(per_rank // micro)]
+
+
+def parallelize(model: nn.Module, d: Dist, dtype: torch.dtype | None) -> tuple[nn.Module, nn.Module]:
+    """(model, step_model): the model whose parameters the optimizer and checkpoints see, and the
+    module the training step calls. FSDP2 shards in place (each block, then the root: torchtitan's
+    recipe); DDP wraps. Build the optimizer after this."""
+    if not d.enabled:
+        return model, model
+    if d.parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        # bf16 compute with fp32 gradient reduction when the run is bf16 (the master weights stay fp32)
+        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype else MixedPrecisionPolicy()
+        for block in model.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model, model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device = next(model.parameters()).device
+    return model, DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_grads(step_model: nn.Module, last_micro: bool):
+    """Context for one micro-batch's backward: ranks exchange gradients only on the last one."""
+    if isinstance(step_model, nn.parallel.DistributedDataParallel) and not last_micro:
+        return step_model.no_sync()
+    if hasattr(step_model, "set_requires_gradient_sync"):  # an FSDP2 module
+        step_model.set_requires_gradient_sync(last_micro)
+    return contextlib.nullcontext()
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Global gradient norm before clipping (over all shards under FSDP2), clipping to max_norm."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
+    if hasattr(norm, "full_tensor"):  # a DTensor: the norm of the sharded gradients
+        norm = norm.full_tensor()
+    return norm.item()
+
+
+def full_model(model: nn.Module, d: Dist, build) -> nn.Module | None:
+    """A plain single-process copy of a sharded model on rank 0 (None elsewhere); others as they are."""
+    if not (d.enabled and d.parallel == "fsdp"):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not d.is_main:
+        return None
+    plain = build()
+    plain.load_state_dict(state)
+    return plain
+
+
+def rank_device(d: Dist, name: str) -> torch.device:
+    """The device of this rank: `train.device`, and under torchrun with GPUs the LOCAL_RANK-th GPU."""
+    from nextoken.train.runtime import pick_device
+
+    device = pick_device(name)
+    if d.enabled and device.type == "cuda":
+        return torch.device("cuda", d.local_rank)
+    return device
+
+
+def save_checkpoint(d: Dist, run_dir, step: int, model: nn.Module, optimizer, trainer: dict,
+                    extra_tensors: dict[str, torch.Tensor], keep: int):
+    """Collective: DDP and single-process runs write the single-file checkpoint from rank 0; FSDP2
+    runs write a sharded torch.distributed.checkpoint one from every rank (train/checkpoint.py)."""
+    from nextoken.train import checkpoint as ckpt
+
+    if d.parallel == "fsdp":
+        return ckpt.save_sharded_checkpoint(run_dir, step, model, optimizer, trainer, extra_tensors, keep,
+                                            d.is_main, d.barrier)
+    path = None
+    if d.is_main:
+        path = ckpt.save_checkpoint(run_dir, step, model, optimizer, trainer, extra_tensors, keep=keep)
+    d.barrier()
+    return path or ckpt.resolve_checkpoint(run_dir)
