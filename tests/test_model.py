@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from nextoken.config import ModelConfig
+from nextoken.model import GPT, KVCache, flops_per_token, param_counts
+
+VARIANTS = [
+    {},
+    {"pos": "rope"},
+    {"norm": "post"},
+    {"norm_type": "rmsnorm", "mlp": "swiglu", "pos": "rope"},
+    {"tie_embeddings": False, "bias": True},
+]
+
+
+def make(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=24, vocab_size=61, **kw)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_forward_shapes_and_causality(kw):
+    model = make(**kw)
+    idx = torch.randint(0, 61, (3, 24))
+    logits = model(idx)
+    assert logits.shape == (3, 24, 61)
+    idx2 = idx.clone()
+    idx2[:, 12:] = (idx2[:, 12:] + 1) % 61  # changing the future must not change the past
+    assert torch.allclose(model(idx2)[:, :12], logits[:, :12], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_kv_cache_matches_full_forward(kw):
+    model = make(**kw)
+    idx = torch.randint(0, 61, (2, 20))
+    full = model(idx)
+    cache = KVCache(model.cfg, 2, "cpu", torch.float32)
+    pieces = [model(idx[:, :7], cache)]  # prefill, then one token at a time, then a chunk of 3
+    for t in range(7, 17):
+        pieces.append(model(idx[:, t:t + 1], cache))
+    pieces.append(model(idx[:, 17:20], cache))
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_param_counts_match_the_module(kw):
+    model = make(**kw)
+    counts = param_counts(model.cfg)
+    assert counts.total == sum(p.numel() for p in model.parameters())
+    emb = model.wte.weight.numel() + (model.wpe.weight.numel() if model.wpe is not None else 0)
+    if not model.cfg.tie_embeddings:
+        emb += model.lm_head.weight.numel()
+    assert counts.non_embedding == counts.total - emb
+
+
+def test_tied_embeddings_share_storage():
+    model = make()
+    assert model.lm_head.weight is model.wte.weight
+
+
+def test_gpt2_init_scales_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=8, n_head=4, d_model=256, block_size=16, vocab_size=100))
+    std_proj = model.blocks[0].attn.proj.weight.std().item()
+    std_qkv = model.blocks[0].attn.qkv.weight.std().item()
+    assert abs(std_qkv - 0.02) < 0.002
+    assert abs(std_proj - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8)
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    cfg = ModelConfig(n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50257)
+    n = param_counts(cfg).non_embedding
+    assert abs(n - 85e6) / 85e6 < 0.01  # GPT-2 small: ~85M non-embedding parameters
+    assert flops_per_token(cfg) == 6 * (n + 50257 * 768) + 12 * 12 * 768 * 1024

@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nextoken.config import ModelConfig, OptimConfig
+from nextoken.model import GPT
+from nextoken.train.objective import IGNORE_INDEX, next_token_loss
+from nextoken.train.optim import build_optimizer, lr_at, param_groups
+
+
+def test_cross_entropy_matches_torch_and_ignores_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[1, 3:] = IGNORE_INDEX
+    loss, ce = next_token_loss(logits, targets)
+    ref = F.cross_entropy(logits.view(-1, 11), targets.view(-1), ignore_index=IGNORE_INDEX)
+    assert torch.allclose(loss, ref) and torch.allclose(ce, ref)
+    keep = targets.view(-1) != IGNORE_INDEX
+    manual = -logits.view(-1, 11).log_softmax(-1)[keep, targets.view(-1)[keep]].mean()
+    assert torch.allclose(loss, manual, atol=1e-6)
+
+
+def test_z_loss_adds_coef_times_mean_log_z_squared():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, 7) * 3
+    targets = torch.randint(0, 7, (3, 4))
+    loss, ce = next_token_loss(logits, targets, z_loss=1e-4)
+    log_z = torch.logsumexp(logits.view(-1, 7), -1)
+    assert torch.allclose(loss, ce + 1e-4 * (log_z ** 2).mean(), atol=1e-7)
+
+
+def test_label_smoothing_matches_torch_and_formula():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 5)
+    targets = torch.randint(0, 5, (2, 3))
+    loss, ce = next_token_loss(logits, targets, label_smoothing=0.1)
+    ref = F.cross_entropy(logits.view(-1, 5), targets.view(-1), label_smoothing=0.1)
+    logp = logits.view(-1, 5).log_softmax(-1)
+    formula = (0.9 * -logp.gather(1, targets.view(-1, 1)).squeeze(1) + 0.1 * -logp.mean(-1)).mean()
+    assert torch.allclose(loss, ref) and torch.allclose(loss, formula, atol=1e-6)
+    assert not torch.allclose(loss, ce)  # the logged figure stays the plain cross-entropy
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=20, bias=True))
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) > 0
+
+
+def test_adamw_matches_torch_reference_step():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=20))
+    ref = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=20))
+    ref.load_state_dict(model.state_dict())
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
+    ref_opt = torch.optim.AdamW(param_groups(ref, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    x = torch.randint(0, 20, (2, 8))
+    for m, o in ((model, opt), (ref, ref_opt)):
+        m(x).sum().backward()
+        o.step()
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_warmup_then_cosine_matches_formula_and_torch():
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    N = 110
+    assert lr_at(0, cfg, N) == pytest.approx(0.1)
+    assert lr_at(9, cfg, N) == pytest.approx(1.0)
+    assert lr_at(N - 1, cfg, N) == pytest.approx(0.1)
+    # after warmup, torch's CosineAnnealingLR with T_max = N-1-warmup and eta_min = floor
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=N - 1 - 10, eta_min=0.1)
+    for step in range(10, N):
+        assert lr_at(step, cfg, N) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        opt.step()
+        sched.step()
+
+
+def test_linear_wsd_constant_schedules():
+    N = 100
+    lin = OptimConfig(lr=2.0, warmup_steps=0, min_lr_ratio=0.0, schedule="linear")
+    assert [lr_at(s, lin, N) for s in (0, 33, 99)] == pytest.approx([2.0, 2.0 * (1 - 33 / 99), 0.0])
+    wsd = OptimConfig(lr=1.0, warmup_steps=5, min_lr_ratio=0.0, schedule="wsd", decay_ratio=0.2)
+    assert lr_at(50, wsd, N) == 1.0 and lr_at(79, wsd, N) == 1.0
+    assert lr_at(80, wsd, N) == 1.0 and lr_at(99, wsd, N) == pytest.approx(0.0)
+    assert lr_at(90, wsd, N) == pytest.approx(1 - 10 / 19)
+    const = OptimConfig(lr=0.5, warmup_steps=4, schedule="constant")
+    assert lr_at(1, const, N) == pytest.approx(0.25) and lr_at(80, const, N) == 0.5
+
+
+def test_gradient_accumulation_equals_one_larger_batch():
+    from nextoken.train.loop import _forward_backward  # the loop's own step
+
+    torch.manual_seed(0)
+    cfg_m = ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=20)
+    a, b = GPT(cfg_m), GPT(cfg_m)
+    b.load_state_dict(a.state_dict())
+    data = torch.randint(0, 20, (8, 9))
+
+    class Sampler:
+        def batch(self, step, n, offset=0, count=None):
+            rows = data[offset:offset + (count or n - offset)]
+            return rows[:, :-1], rows[:, 1:]
+
+    from nextoken.config import Config
+    from nextoken.train.runtime import make_runtime
+    from nextoken.train.stability import Faults
+
+    results = []
+    for model, (bs, accum) in ((a, (8, 1)), (b, (2, 4))):
+        cfg = Config()
+        cfg.model = cfg_m
+        cfg.train.batch_size, cfg.train.grad_accum = bs, accum
+        loss, norm = _forward_backward(model, None, Sampler(), 0, cfg, make_runtime(cfg.train), Faults(), 0)
+        results.append((loss, norm))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    assert math.isfinite(results[0][1])
