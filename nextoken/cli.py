@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:
             parser.print_help()
             return 0
-        if extra and args.cmd != "train":
+        if extra and args.cmd != "train" and not getattr(args, "config_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         handler = COMMANDS.get(args.cmd) or getattr(args, "handler", None)
         return handler(args, extra) or 0

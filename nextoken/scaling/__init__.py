@@ -1,0 +1,1 @@
+"""Scaling laws: FLOP accounting, published laws, compute-optimal planning, sweeps and fits."""

@@ -1,0 +1,160 @@
+"""Compute-optimal planning: from one of C, N or D to the others, a loss, a model shape and a time."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nextoken.config import ModelConfig
+from nextoken.errors import NextokenError
+from nextoken.scaling.flops import training_flops_per_token
+from nextoken.scaling.laws import ParametricLaw, get_law
+from nextoken.scaling.shapes import describe, shape_for_params
+from nextoken.train.runtime import PEAK_BF16
+
+
+@dataclass(frozen=True)
+class FittedLaw:
+    """A law fitted by `nextoken fit`. When it comes from a sweep, its budgets were counted exactly
+    (training_flops_per_token of each model), so it allocates C over nextoken shapes of the sweep's
+    vocabulary and context, not by 6ND."""
+
+    law: ParametricLaw
+    base: ModelConfig | None
+    path: str
+
+    @property
+    def name(self) -> str:
+        return f"fit:{self.path}"
+
+    def loss(self, N, D):
+        return self.law.loss(N, D)
+
+    def optimal(self, C: float) -> tuple[float, float]:
+        if self.base is None:
+            return self.law.optimal(C)
+        cfg = self.optimal_shape(C)
+        return param_counts_n(cfg), C / training_flops_per_token(cfg)
+
+    def optimal_shape(self, C: float) -> ModelConfig:
+        """The shape minimizing the predicted loss at C, each shape trained for C / its FLOPs per token."""
+        N0, _ = self.law.optimal(C)
+        best = None
+        for n in np.exp(np.linspace(math.log(N0 / 30), math.log(N0 * 30), 241)):
+            cfg = shape_for_params(n, self.base)
+            loss = self.law.loss(param_counts_n(cfg), C / training_flops_per_token(cfg))
+            if best is None or loss < best[0]:
+                best = (loss, cfg)
+        return best[1]
+
+
+def param_counts_n(cfg: ModelConfig) -> int:
+    from nextoken.model.counting import param_counts
+
+    return param_counts(cfg).non_embedding
+
+
+def load_fit(path: str | Path) -> FittedLaw:
+    """A fit.json written by `nextoken fit` (or the sweep directory holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "fit.json"
+    if not p.is_file():
+        raise NextokenError(f"--fit {path}: no fit.json there; run `nextoken fit SWEEP` first")
+    try:
+        data = json.loads(p.read_text())
+        law = ParametricLaw(f"fit:{p}", *(float(data[k]) for k in ("E", "A", "B", "alpha", "beta")))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise NextokenError(f"--fit {p} is not a fit.json written by `nextoken fit` ({type(e).__name__}: {e}); "
+                            "fit again") from None
+    if not all(math.isfinite(v) and v > 0 for v in (law.A, law.B, law.alpha, law.beta)) or not math.isfinite(law.E):
+        raise NextokenError(f"--fit {p} holds non-finite or non-positive constants; fit again")
+    base = None
+    if isinstance(data.get("model"), dict):
+        base = ModelConfig()
+        for k, v in data["model"].items():
+            if hasattr(base, k):
+                setattr(base, k, v)
+    return FittedLaw(law, base, str(p))
+
+
+def _check(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise NextokenError(f"--{name} must be a positive number, got {value:g}")
+
+
+def _solve_compute(law, target: float, index: int) -> float:
+    """The budget C at which the law's optimal N (index 0) or D (index 1) equals `target`: bisection
+    on log C, since both grow with C."""
+    lo, hi = 0.0, 130.0  # ln C from 1 to about 3e56 FLOPs
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if law.optimal(math.exp(mid))[index] < target:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2)
+
+
+def device_peak(device: str) -> float:
+    for key, peak in PEAK_BF16.items():
+        if key.lower() == device.lower().removeprefix("nvidia").strip(" -"):
+            return peak
+    raise NextokenError(f"unknown --device {device!r}; known: {', '.join(PEAK_BF16)} (or pass --tokens-per-s)")
+
+
+def plan(law_name: str = "chinchilla", flops: float | None = None, params: float | None = None,
+         tokens: float | None = None, fit: str | None = None, base: ModelConfig | None = None,
+         tokens_per_s: float | None = None, device: str | None = None, mfu: float = 0.4) -> dict:
+    """Compute-optimal (N, D, C) from exactly one of them, with the law's predicted loss."""
+    given = [k for k, v in (("flops", flops), ("params", params), ("tokens", tokens)) if v is not None]
+    if len(given) != 1:
+        raise NextokenError("give exactly one of --flops, --params, --tokens "
+                            f"({'none' if not given else ' and '.join('--' + g for g in given)} given)")
+    for name, value in (("flops", flops), ("params", params), ("tokens", tokens), ("tokens-per-s", tokens_per_s)):
+        _check(name, value)
+    if not 0 < mfu <= 1:
+        raise NextokenError(f"--mfu must be in (0, 1], got {mfu}")
+    law = load_fit(fit) if fit else get_law(law_name)
+    shape_base = law.base if isinstance(law, FittedLaw) and law.base else dataclasses.replace(base or ModelConfig())
+    if shape_base.vocab_size == 0:
+        shape_base = dataclasses.replace(shape_base, vocab_size=4096)
+
+    exact = isinstance(law, FittedLaw) and law.base is not None
+    if flops is not None:
+        C = flops
+    else:
+        C = _solve_compute(law, params if params is not None else tokens, 0 if params is not None else 1)
+    if exact and params is None:
+        cfg = law.optimal_shape(C)
+    else:
+        cfg = shape_for_params(params if params is not None else law.optimal(C)[0], shape_base)
+    shape = describe(cfg)
+    if exact:  # the shape is the model: its own N, trained for C / its FLOPs per token
+        N = shape["params_non_embedding"]
+        D = tokens if tokens is not None else C / shape["flops_per_token"]
+        C = D * shape["flops_per_token"]
+    else:
+        N, D = law.optimal(C)
+        N, D = (params if params is not None else N), (tokens if tokens is not None else D)
+    out = {
+        "law": law.name,
+        "params": float(N),
+        "tokens": float(D),
+        "flops": float(C),
+        "loss": float(law.loss(N, D)),
+        "tokens_per_param": float(D / N),
+        "shape": shape,
+        "flops_convention": "exact" if exact else "6ND",
+        "flops_exact": float(shape["flops_per_token"] * D),
+    }
+    if tokens_per_s is not None:
+        out["time_s"] = D / tokens_per_s
+    elif device is not None:
+        out["time_s"] = out["flops_exact"] / (device_peak(device) * mfu)
+    return out

@@ -1,0 +1,214 @@
+"""IsoFLOP sweeps: per compute budget, a family of model sizes, each trained for exactly its budget.
+
+Each run is an ordinary run directory, SWEEP/c<budget>-n<params>/, trained by nextoken.train.loop.train
+with train.max_steps = D / tokens_per_step, so its LR schedule ends at the budget (Hoffmann et al. 2022
+§3.1: a cosine cycle longer than the run overestimates its loss). A sweep interrupted anywhere continues
+where it stopped: finished runs are read back, a run with a checkpoint resumes from it, and a run
+that died before its first checkpoint starts again.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nextoken.config import Config, config_from_dict
+from nextoken.data.prepare import read_manifest
+from nextoken.errors import NextokenError
+from nextoken.model.counting import param_counts
+from nextoken.scaling.flops import training_flops_per_token
+from nextoken.scaling.shapes import shape_for_params
+
+# Fit on the built-in corpus (BPE-4096, context 128) on 2 CPU cores in about an hour: docs/LOG.md, "scaling".
+DEFAULT_BUDGETS = (1e12, 3e12, 1e13)
+MIN_STEPS = 20
+TOKENS_PER_PARAM_GUESS = 20  # where each IsoFLOP family is centred (Hoffmann et al. 2022, Table 3)
+
+
+@dataclass
+class RunSpec:
+    name: str
+    budget: float  # the nominal compute budget of the IsoFLOP family
+    n_layer: int
+    n_head: int
+    d_model: int
+    params: int  # non-embedding parameters: the N of the laws
+    params_total: int
+    max_steps: int
+    tokens: int  # D: max_steps * tokens per step
+    flops: float  # the exact training FLOPs: tokens * training_flops_per_token
+
+
+def _centre(budget: float, base: Config) -> float:
+    """N with D = 20 N under the exact FLOP count: the middle of a budget's size family."""
+    lo, hi = math.log(1e2), math.log(1e13)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        cfg = shape_for_params(math.exp(mid), base.model)
+        n = param_counts(cfg).non_embedding
+        if budget / training_flops_per_token(cfg) > TOKENS_PER_PARAM_GUESS * n:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2)
+
+
+def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float = 16.0,
+               log: Callable[[str], None] = lambda m: None) -> list[RunSpec]:
+    """`sizes` shapes per budget, spaced evenly in log N over a factor `spread`, centred on 20 tokens
+    per parameter; each trained for budget / its FLOPs per token, rounded to whole steps."""
+    if sizes < 3:
+        raise NextokenError(f"--sizes must be >= 3 (a parabola needs three points), got {sizes}")
+    if spread <= 1:
+        raise NextokenError(f"--spread must be > 1, got {spread}")
+    tokens_per_step = base.train.batch_size * base.train.grad_accum * base.model.block_size
+    runs = []
+    for budget in sorted(budgets):
+        if not (math.isfinite(budget) and budget > 0):
+            raise NextokenError(f"--budgets: every budget must be a positive number of FLOPs, got {budget:g}")
+        centre = _centre(budget, base)
+        seen = set()
+        for i in range(sizes):
+            target = centre * spread ** (i / (sizes - 1) - 0.5)
+            cfg = shape_for_params(target, base.model)
+            counts = param_counts(cfg)
+            fpt = training_flops_per_token(cfg)
+            steps = round(budget / fpt / tokens_per_step)
+            key = (cfg.n_layer, cfg.d_model)
+            if key in seen:
+                continue
+            seen.add(key)
+            if steps < MIN_STEPS:
+                log(f"budget {budget:.2g}: skipping {cfg.n_layer}x{cfg.d_model} ({steps} steps < {MIN_STEPS})")
+                continue
+            tokens = steps * tokens_per_step
+            runs.append(RunSpec(f"c{budget:.2e}-n{counts.non_embedding:09d}".replace("+", ""), budget,
+                                cfg.n_layer, cfg.n_head, cfg.d_model, counts.non_embedding, counts.total,
+                                steps, tokens, tokens * fpt))
+    return runs
+
+
+def run_config(base: Config, spec: RunSpec) -> Config:
+    cfg = copy.deepcopy(base)
+    cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model = spec.n_layer, spec.n_head, spec.d_model
+    cfg.train.max_steps = spec.max_steps
+    cfg.optim.warmup_steps = min(base.optim.warmup_steps, max(1, spec.max_steps // 10))
+    cfg.train.eval_every = 0  # one evaluation, at the end of the schedule
+    cfg.train.ckpt_every = max(1, spec.max_steps // 4)
+    cfg.train.keep = 1
+    cfg.log.progress, cfg.log.sample_tokens = "off", 0
+    return cfg
+
+
+def finished_result(run_dir: Path, max_steps: int) -> dict | None:
+    """The final eval line of a run that reached max_steps, else None."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    result = None
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if row.get("kind") == "eval" and row.get("step") == max_steps and row.get("split") == "val":
+            result = row
+    return result
+
+
+def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, spread: float = 16.0,
+          log: Callable[[str], None] = print, dry_run: bool = False) -> list[dict]:
+    """Train (or continue) the IsoFLOP sweep in `out`; returns one point per finished run."""
+    from nextoken.train.loop import train
+
+    out = Path(out)
+    manifest = read_manifest(base.data.path)
+    base = copy.deepcopy(base)
+    base.model.vocab_size = base.model.vocab_size or manifest["vocab_size"]
+    specs = plan_sweep(base, budgets, sizes, spread, log)
+    if not specs:
+        raise NextokenError("every run of this sweep is shorter than "
+                            f"{MIN_STEPS} steps; raise --budgets or lower --train.batch_size")
+    total = sum(s.flops for s in specs)
+    log(f"sweep: {len(specs)} runs over {len(budgets)} budgets, {total:.3g} FLOPs in all")
+    for s in specs:
+        log(f"  {s.name}: {s.n_layer} layers x {s.d_model} ({s.n_head} heads), N {s.params:,}, "
+            f"{s.max_steps} steps, D {s.tokens:,} tokens ({s.tokens / s.params:.1f}/param)")
+    if dry_run:
+        return []
+    _write_plan(out, base, specs)
+    points = []
+    for i, spec in enumerate(specs, 1):
+        run_dir = out / spec.name
+        result = finished_result(run_dir, spec.max_steps)
+        if result is None:
+            resume = (run_dir / "checkpoints" / "latest").is_file()
+            if run_dir.exists() and not resume:
+                shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
+            log(f"[{i}/{len(specs)}] {'resuming' if resume else 'training'} {spec.name}")
+            try:
+                res = train(run_config(base, spec), run_dir, resume=resume, quiet=True)
+            except NextokenError as e:
+                raise NextokenError(f"sweep stopped in {run_dir}: {e} -- the same `nextoken sweep` command "
+                                    "continues the sweep") from None
+            result = {"loss": res["loss"], "bits_per_byte": res["bits_per_byte"]}
+            log(f"    val loss {res['loss']:.4f} in {res['elapsed_s']:.0f}s")
+        else:
+            log(f"[{i}/{len(specs)}] {spec.name} done: val loss {result['loss']:.4f}")
+        points.append({**dataclasses.asdict(spec), "loss": result["loss"],
+                       "bits_per_byte": result.get("bits_per_byte")})
+        write_points(out / "points.csv", points)
+    return points
+
+
+def _write_plan(out: Path, base: Config, specs: list[RunSpec]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sweep.json"
+    runs = {s.name: dataclasses.asdict(s) for s in specs}
+    if path.is_file():
+        old = read_plan(out)
+        if old["base"]["model"] != base.to_dict()["model"] or old["base"]["optim"] != base.to_dict()["optim"]:
+            raise NextokenError(f"{out} holds a sweep with another base config; continue it with the same "
+                                "flags, or choose another --out")
+        runs = {**old["runs"], **runs}
+    path.write_text(json.dumps({"version": 1, "base": base.to_dict(), "runs": runs}, indent=1))
+
+
+def read_plan(sweep_dir: Path) -> dict:
+    path = Path(sweep_dir) / "sweep.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NextokenError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `nextoken sweep` "
+                            "first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NextokenError(f"{path} is corrupt ({e})") from None
+
+
+def collect_points(sweep_dir: str | Path) -> tuple[list[dict], Config]:
+    """The finished runs of a sweep, as points (params, tokens, flops, budget, loss), and its base config."""
+    sweep_dir = Path(sweep_dir)
+    plan = read_plan(sweep_dir)
+    points = []
+    for name, spec in plan["runs"].items():
+        result = finished_result(sweep_dir / name, spec["max_steps"])
+        if result is not None:
+            points.append({**spec, "loss": result["loss"], "bits_per_byte": result.get("bits_per_byte")})
+    return points, config_from_dict(plan["base"])
+
+
+def write_points(path: Path, points: list[dict]) -> None:
+    cols = ["params", "tokens", "loss", "flops", "budget", "name", "params_total", "bits_per_byte"]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(points)
+    tmp.replace(path)
