@@ -197,7 +197,8 @@ def _encode_all(srcs, tok, eot, writers, stats, opt, total_bytes) -> None:
         if not docs:
             return
         encs = tok.encode_batch(docs, add_special_tokens=False)
-        ids = np.fromiter((i for e in encs for i in (*e.ids, eot)), dtype=np.int64)
+        eot_arr = np.array([eot], dtype=np.int64)
+        ids = np.concatenate([a for e in encs for a in (np.asarray(e.ids, dtype=np.int64), eot_arr)])
         w = writers[split]
         w.write(ids)
         w.documents += len(docs)
