@@ -172,16 +172,21 @@ def _train_config(args, extra):
 
 def cmd_train(args, extra) -> int:
     from nextoken.data.builtin import stdlib_data
+    from nextoken.train.distributed import main_first
     from nextoken.train.loop import train
 
     cfg = _train_config(args, extra)
-    if not cfg.data.path:
-        cfg.data.path = str(stdlib_data(cfg.data.tokenizer, cfg.data.vocab_size, log=_err))
+    with main_first(cfg.train) as dist:  # under torchrun rank 0 prepares the built-in corpus, the others wait
+        if not cfg.data.path:
+            cfg.data.path = str(stdlib_data(cfg.data.tokenizer, cfg.data.vocab_size, log=_err))
     cfg.data.path = str(Path(cfg.data.path).resolve())
+    if dist.enabled and not args.out:
+        raise ConfigError("a multi-process run needs --out RUN, the one directory all its processes share")
     out = args.out or f"runs/{args.preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _err(f"training into {out}")
-    res = train(cfg, out, resume=args.resume)
+    res = train(cfg, out, resume=args.resume)  # its first line says where it trains into
     model = res.pop("model")
+    if res.pop("rank", 0) != 0:  # only rank 0 reports, samples and plots
+        return 0
     if args.json:
         print(json.dumps(res))
         return 0

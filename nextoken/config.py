@@ -82,7 +82,16 @@ class TrainConfig:
 
 @dataclass
 class StabilityConfig:
-    policy: str = _f("skip", "what to do with a non-finite step", ("warn", "skip", "rollback"))
+    # docs/stability.md explains the detector, the policies and the snapshot ring's cost.
+    policy: str = _f("rollback", "on a loss spike or non-finite step: warn (log only), skip the update, or "
+                     "roll back", ("warn", "skip", "rollback"))
+    window: int = _f(100, "steps in the rolling window a step's loss and grad norm are compared with")
+    threshold: float = _f(6.0, "spike: more than this many robust sd (1.4826 MAD) above the window's median")
+    rollback_steps: int = _f(100, "rollback: restore the newest snapshot at least this many steps before the spike")
+    skip_batches: int = _f(300, "rollback: batches of the data stream skipped after the restored position")
+    max_rollbacks: int = _f(3, "rollback: give up after this many rollbacks within rollback_window steps")
+    rollback_window: int = _f(1000, "rollback: the window, in steps, that max_rollbacks counts over")
+    snapshot_every: int = _f(50, "rollback: steps between in-memory snapshots (ring of rollback_steps/this + 1)")
     inject: str = _f("", "fault injection, e.g. lr@300x100,batch@350,nan@450")
 
 
@@ -246,7 +255,7 @@ def _is_number(s: str) -> bool:
 
 def validate(cfg: Config) -> None:
     """Values that parse but make no sense: one line each, naming the field."""
-    m, o, t = cfg.model, cfg.optim, cfg.train
+    m, o, t, st = cfg.model, cfg.optim, cfg.train, cfg.stability
     checks = [
         (m.n_layer >= 1, "model.n_layer must be >= 1"),
         (m.n_head >= 1, "model.n_head must be >= 1"),
@@ -273,10 +282,18 @@ def validate(cfg: Config) -> None:
         (t.z_loss >= 0, "train.z_loss must be >= 0"),
         (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (cfg.data.vocab_size >= 260, "data.vocab_size must be >= 260 (256 bytes plus special tokens)"),
+        (st.window >= 3, "stability.window must be >= 3"),
+        (st.threshold > 0, "stability.threshold must be > 0"),
+        (st.rollback_steps >= 0 and st.skip_batches >= 0, "stability.rollback_steps and skip_batches must be >= 0"),
+        (st.max_rollbacks >= 1 and st.rollback_window >= 1, "stability.max_rollbacks and rollback_window must be >= 1"),
+        (st.snapshot_every >= 1, "stability.snapshot_every must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    from nextoken.train.stability import Faults  # here, not at the top: stability imports this module
+
+    Faults.parse(cfg.stability.inject)
     for section in SECTIONS:
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):

@@ -209,6 +209,15 @@ def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
     for stale in ckpt_root.glob(".tmp-*"):  # left by a process killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in ckpt_root.glob(f".{LATEST}.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
+def drop_after(ckpt_root: Path, step: int) -> None:
+    """Delete the checkpoints newer than `step`: after a rollback they belong to the abandoned branch."""
+    for path in list_checkpoints(ckpt_root):
+        if read_trainer(path)["step"] > step:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

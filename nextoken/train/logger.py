@@ -20,6 +20,7 @@ class MetricsLog:
         self.tb = self.wandb = None
         if not enabled:
             return
+        _end_cut_line(self.path)
         if cfg.log.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -59,6 +60,16 @@ class MetricsLog:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _end_cut_line(path: Path) -> None:
+    """A process killed mid-write leaves a last line without its newline; end it, so that the next line
+    written is whole (read_metrics skips the cut one)."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as fh:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
 
 
 def _clean(v):

@@ -16,12 +16,13 @@ from nextoken.errors import CheckpointError, ConfigError
 from nextoken.eval.evaluate import evaluate
 from nextoken.model import GPT, flops_per_token, param_counts
 from nextoken.train import checkpoint as ckpt
+from nextoken.train import distributed
 from nextoken.train.logger import Display, MetricsLog
 from nextoken.train.objective import next_token_loss
 from nextoken.train.optim import build_optimizer, lr_at, set_lr
-from nextoken.train.rundir import open_run_dir
-from nextoken.train.runtime import Runtime, make_runtime, peak_flops
-from nextoken.train.stability import Faults, is_finite
+from nextoken.train.rundir import holds_run, open_run_dir
+from nextoken.train.runtime import DeviceBatches, Runtime, make_runtime, peak_flops
+from nextoken.train.stability import Faults, GracefulStop, Guard, Interrupted
 
 
 @dataclass
@@ -35,7 +36,8 @@ class TrainState:
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train per `cfg` into `run_dir`; returns the final eval figures and where things are."""
     run_dir, data_dir = Path(run_dir), Path(cfg.data.path)
-    rt = make_runtime(cfg.train)
+    d = distributed.init_distributed(cfg.train)  # rank and world size from torchrun; one process without
+    rt = make_runtime(cfg.train, distributed.rank_device(d, cfg.train.device))
     t, m = cfg.train, cfg.model
 
     # ---- data, model, optimizer ----
@@ -45,22 +47,32 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
         raise ConfigError(f"model.vocab_size {m.vocab_size} is smaller than the data's vocabulary "
                           f"({manifest['vocab_size']}); leave it at 0 to take the data's")
     sampler = BatchSampler(TokenData(data_dir, "train"), m.block_size, t.seed)
+    batches = DeviceBatches(sampler, t.batch_size * t.grad_accum,  # this rank's slice of each global batch
+                            distributed.rank_slices(t.batch_size, t.grad_accum, d), rt.device)
     val = TokenData(data_dir, "val")
     val.check_context(m.block_size)
     token_bytes = token_byte_lengths(load_tokenizer(data_dir / "tokenizer.json"))
-    open_run_dir(run_dir, cfg, data_dir, resume)
 
     torch.manual_seed(t.seed)
     model = GPT(m).to(rt.device)
+    model, step_model = distributed.parallelize(model, d, rt.dtype)  # DDP wraps; FSDP2 shards in place
     optimizer = build_optimizer(model, cfg.optim, rt.device)
-    state = TrainState()
-    log = MetricsLog(run_dir, cfg)
+
+    def report(kind: str, step: int, detail: dict, message: str) -> None:  # stability incidents
+        log.write("event", step=step, type=kind, detail=detail)
+        display.message(message)
+
+    guard = Guard(cfg.stability, report)
+    state = _resume(run_dir, cfg, model, optimizer, guard, rt) if resume else TrainState()
+    if d.is_main:  # only rank 0 writes the run directory, logs and metrics
+        open_run_dir(run_dir, cfg, data_dir, resume)  # after the resume checks: a refused resume touches nothing
+    d.barrier()
+    log = MetricsLog(run_dir, cfg, enabled=d.is_main)
     if resume:
-        state = _resume(run_dir, cfg, model, optimizer, rt)
         log.write("event", step=state.step, type="resume", detail=f"from step {state.step}")
-    step_model = torch.compile(model) if rt.compile else model
+    step_model = torch.compile(step_model) if rt.compile else step_model
     faults = Faults.parse(cfg.stability.inject)
-    display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet)
+    display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
     tokens_per_step = t.batch_size * t.grad_accum * m.block_size
     flops_tok = flops_per_token(m)
 
@@ -73,31 +85,42 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
         return res
 
     def save() -> Path:
-        trainer = {**vars(state), "model_hash": cfg.model_hash(), "model": vars(m)}
-        path = ckpt.save_checkpoint(run_dir, state.step, model, optimizer, trainer, _rng_tensors(), keep=t.keep)
+        trainer = {**vars(state), "model_hash": cfg.model_hash(), "model": vars(m), "stability": guard.state_dict()}
+        path = distributed.save_checkpoint(d, run_dir, state.step, model, optimizer, trainer, _rng_tensors(), t.keep)
         log.write("event", step=state.step, type="checkpoint", detail=path.name)
         return path
 
     # ---- the loop ----
-    display.message(f"{param_counts(m).total:,} parameters, {tokens_per_step:,} tokens per step, "
-                    f"{rt.device.type} {rt.precision}{' compiled' if rt.compile else ''}")
+    display.message(f"training into {run_dir}{f' from step {state.step}' if state.step else ''}: "
+                    f"{param_counts(m).total:,} parameters, {tokens_per_step:,} tokens per step, "
+                    f"{rt.device.type} {rt.precision}{' compiled' if rt.compile else ''}, "
+                    f"stability policy {cfg.stability.policy}")
     t0, elapsed0 = time.perf_counter(), state.elapsed_s
     t_start, tokens_last = t0, state.tokens
     result, last_ckpt = None, None
+    stop = GracefulStop(display.message).install()  # Ctrl-C: finish the step, save, exit
     try:
         while state.step < t.max_steps:
+            if stop.requested:  # Ctrl-C: save at this step boundary and leave
+                raise Interrupted(f"interrupted at step {state.step}; saved {save()}; continue with "
+                                  f"nextoken train --out {run_dir} --resume")
+            guard.maybe_snapshot(vars(state), model, optimizer)  # the ring of rollback snapshots
+
+            # ---- step ----
             step = state.step
-            lr = lr_at(step, cfg.optim, t.max_steps) * faults.lr_factor(step)
+            lr = lr_at(step, cfg.optim, t.max_steps) * faults.lr_factor(state.data_step)
             set_lr(optimizer, lr)
-            loss, grad_norm = _forward_backward(step_model, optimizer, sampler, state.data_step, cfg, rt,
-                                                faults, step)
-            if is_finite(loss, grad_norm):
+            loss, grad_norm = _forward_backward(step_model, batches, state.data_step, cfg, rt, faults, d)
+            action = guard.check(step, loss, grad_norm)  # apply | skip | rollback; reports incidents
+            if action == "apply":  # a non-finite step is never applied, whatever the policy
                 optimizer.step()
-            else:  # a non-finite step never reaches the weights, whatever the policy
-                log.write("event", step=step, type="nan", detail={"loss": loss, "grad_norm": grad_norm})
-                display.message(f"step {step}: non-finite loss or gradient; update skipped")
             optimizer.zero_grad(set_to_none=True)
-            state.step, state.data_step, state.tokens = step + 1, state.data_step + 1, state.tokens + tokens_per_step
+            if action == "rollback":
+                state = _rollback(guard, state, step, run_dir, model, optimizer)
+                last_ckpt, t_start, tokens_last = save(), time.perf_counter(), state.tokens
+                continue
+            state.step, state.data_step = step + 1, state.data_step + 1
+            state.tokens += tokens_per_step
 
             # ---- log ----
             now = time.perf_counter()
@@ -115,42 +138,44 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
                 result = run_eval()
             if last or (t.ckpt_every and state.step % t.ckpt_every == 0):
                 last_ckpt = save()
-    except KeyboardInterrupt:
-        display.close()
-        path = save()
-        raise CheckpointError(f"interrupted at step {state.step}; saved {path}; continue with "
-                              f"nextoken train --out {run_dir} --resume") from None
+    except RuntimeError as e:  # a collective failed because another rank died: say so in one line
+        if (lost := d.peer_failure(e)) is None:
+            raise
+        raise lost from None
     finally:
+        batches.close()
+        stop.restore()
         display.close()
         log.close()
     if result is None:  # resumed a finished run
         result = run_eval()
     last_ckpt = last_ckpt or ckpt.resolve_checkpoint(run_dir)
     return {**result, "step": state.step, "tokens": state.tokens, "run": str(run_dir),
-            "checkpoint": str(last_ckpt), "elapsed_s": state.elapsed_s, "model": model}
+            "checkpoint": str(last_ckpt), "elapsed_s": state.elapsed_s, "rank": d.rank,
+            "model": distributed.full_model(model, d, lambda: GPT(m))}  # FSDP2: gathered on rank 0
 
 
-def _forward_backward(model, optimizer, sampler: BatchSampler, data_step: int, cfg: Config, rt: Runtime,
-                      faults: Faults, step: int) -> tuple[float, float]:
-    """Gradient of one optimizer step over grad_accum micro-batches, equal to that of one batch of
-    batch_size * grad_accum sequences. Returns (mean cross-entropy, gradient norm before clipping)."""
-    t = cfg.train
-    n_seqs = t.batch_size * t.grad_accum
-    loss_sum = 0.0
-    for micro in range(t.grad_accum):
-        x, y = sampler.batch(data_step, n_seqs, micro * t.batch_size, t.batch_size)
-        x, y = faults.poison(step, x, y, cfg.model.vocab_size, t.seed)
+def _forward_backward(model, batches: DeviceBatches, data_step: int, cfg: Config, rt: Runtime, faults: Faults,
+                      d: distributed.Dist) -> tuple[float, float]:
+    """Gradient of one optimizer step: this rank's equal micro-batches of the step's batch_size * grad_accum
+    sequences, averaged over ranks by DDP or FSDP2, equal to the gradient of one batch of them all.
+    Returns (mean cross-entropy over all ranks, global gradient norm before clipping)."""
+    t, n_micro = cfg.train, len(batches)
+    loss_sum = torch.zeros((), device=rt.device)  # summed on the device: one sync per step, not per micro-batch
+    for micro in range(n_micro):
+        x, y = batches.get(data_step, micro)
+        x, y = faults.poison(data_step, x, y, cfg.model.vocab_size, t.seed)
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-        with rt.autocast():
-            logits = model(x)
-        loss, ce = next_token_loss(logits, y, t.z_loss, t.label_smoothing)
-        if step in faults.nan:
-            loss = loss * float("nan")
-        (loss / t.grad_accum).backward()
-        loss_sum += ce.item() if step not in faults.nan else float("nan")
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
-    return loss_sum / t.grad_accum, grad_norm
+        with distributed.sync_grads(model, last_micro=micro == n_micro - 1):
+            with rt.autocast():
+                logits = model(x)
+            loss, ce = next_token_loss(logits, y, t.z_loss, t.label_smoothing)
+            if data_step in faults.nan:
+                loss = loss * float("nan")
+            (loss / n_micro).backward()
+        loss_sum += ce if data_step not in faults.nan else float("nan")
+    grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip)
+    return d.mean(loss_sum / n_micro).item(), grad_norm
 
 
 def _mfu(flops_per_s: float, rt: Runtime) -> float | None:
@@ -165,16 +190,29 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def _resume(run_dir: Path, cfg: Config, model, optimizer, rt: Runtime) -> TrainState:
-    path = ckpt.resolve_checkpoint(run_dir)
+def _rollback(guard: Guard, state: TrainState, step: int, run_dir: Path, model, optimizer) -> TrainState:
+    """Restore the state to roll back to (stability.py) and delete the checkpoints of the abandoned
+    branch, so that a later --resume continues from the rolled-back run."""
+    trainer = guard.rollback(step, state.data_step, run_dir, model, optimizer)
+    ckpt.drop_after(run_dir / "checkpoints", trainer["step"])
+    return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], state.elapsed_s)
+
+
+def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard, rt: Runtime) -> TrainState:
+    if not holds_run(run_dir):
+        raise CheckpointError(f"{run_dir} has no checkpoint to resume from (it holds no run); check --out, "
+                            "or run without --resume")
+    try:
+        path = ckpt.resolve_checkpoint(run_dir)
+    except CheckpointError:  # killed before its first checkpoint: start it again from step 0
+        return TrainState()
     trainer = ckpt.read_trainer(path)
     if trainer.get("model_hash") != cfg.model_hash():
         raise CheckpointError(f"{path} was trained with a different model config; resume with the run's "
                               "own config (drop the --model.* flags)")
-    ckpt.load_weights(model, path)
-    tensors = ckpt.load_state(path)
-    ckpt.restore_optimizer(model, optimizer, tensors)
+    tensors = ckpt.load_training_state(path, model, optimizer)  # either format, any world size
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and rt.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+    guard.load_state_dict(trainer.get("stability", {}))
     return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], trainer.get("elapsed_s", 0.0))

@@ -21,8 +21,9 @@ def open_run_dir(run_dir: Path, cfg: Config, data_dir: Path, resume: bool) -> No
     if holds_run(run_dir) and not resume:
         raise NextokenError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                             "another --out")
-    if resume and not (run_dir / "checkpoints").is_dir():
-        raise NextokenError(f"{run_dir} has no checkpoint to resume from; run without --resume")
+    if resume and not holds_run(run_dir):
+        raise NextokenError(f"{run_dir} has no checkpoint to resume from (it holds no run); check --out, "
+                            "or run without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.toml", cfg.to_toml())
     tok = run_dir / "tokenizer.json"
