@@ -85,8 +85,9 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: in
     n = n or (8192 if device.type == "cuda" else 1024)
     key = (str(device), dtype, n, torch.get_num_threads())
     if key not in _MATMUL:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        g = torch.Generator(device).manual_seed(0)  # not the global RNG: a run's RNG state must not depend on it
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
         best = float("inf")
         for _ in range(reps + 1):  # the first is a warm-up
             _sync(device)
