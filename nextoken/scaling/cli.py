@@ -53,6 +53,8 @@ def add_parsers(sub) -> None:
     sw.add_argument("--sizes", type=int, default=5, help="model sizes per budget (default 5)")
     sw.add_argument("--spread", type=float, default=16.0,
                     help="ratio of the largest to the smallest N in a budget (default 16)")
+    sw.add_argument("--tokens-per-param", type=float, default=20.0,
+                    help="centre each budget's sizes where D = this x N (default 20, Chinchilla)")
     sw.add_argument("--preset", help="base config preset (default tiny)")
     sw.add_argument("--config", help="base config TOML file")
     sw.add_argument("--dry-run", action="store_true", help="print the runs and stop")
@@ -126,7 +128,8 @@ def cmd_sweep(args, extra) -> int:
     if not cfg.data.path:
         cfg.data.path = str(stdlib_data(cfg.data.tokenizer, cfg.data.vocab_size, log=_err))
     cfg.data.path = str(Path(cfg.data.path).resolve())
-    points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread, log=_err,
+    points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread,
+                   args.tokens_per_param, log=_err,
                    dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"sweep": str(args.out), "points": points}))

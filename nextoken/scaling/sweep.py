@@ -29,7 +29,7 @@ from nextoken.scaling.shapes import shape_for_params
 # Fit on the built-in corpus (BPE-4096, context 128) on 2 CPU cores in about an hour: docs/LOG.md, "scaling".
 DEFAULT_BUDGETS = (1e12, 3e12, 1e13)
 MIN_STEPS = 20
-TOKENS_PER_PARAM_GUESS = 20  # where each IsoFLOP family is centred (Hoffmann et al. 2022, Table 3)
+TOKENS_PER_PARAM = 20  # where each IsoFLOP family is centred by default (Hoffmann et al. 2022, Table 3)
 
 
 @dataclass
@@ -46,14 +46,14 @@ class RunSpec:
     flops: float  # the exact training FLOPs: tokens * training_flops_per_token
 
 
-def _centre(budget: float, base: Config) -> float:
-    """N with D = 20 N under the exact FLOP count: the middle of a budget's size family."""
+def _centre(budget: float, base: Config, tokens_per_param: float) -> float:
+    """N with D = tokens_per_param · N under the exact FLOP count: the middle of a budget's size family."""
     lo, hi = math.log(1e2), math.log(1e13)
     for _ in range(60):
         mid = (lo + hi) / 2
         cfg = shape_for_params(math.exp(mid), base.model)
         n = param_counts(cfg).non_embedding
-        if budget / training_flops_per_token(cfg) > TOKENS_PER_PARAM_GUESS * n:
+        if budget / training_flops_per_token(cfg) > tokens_per_param * n:
             lo = mid
         else:
             hi = mid
@@ -61,19 +61,22 @@ def _centre(budget: float, base: Config) -> float:
 
 
 def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float = 16.0,
+               tokens_per_param: float = TOKENS_PER_PARAM,
                log: Callable[[str], None] = lambda m: None) -> list[RunSpec]:
     """`sizes` shapes per budget, spaced evenly in log N over a factor `spread`, centred on 20 tokens
-    per parameter; each trained for budget / its FLOPs per token, rounded to whole steps."""
+    per parameter (default 20); each trained for budget / its FLOPs per token, rounded to whole steps."""
     if sizes < 3:
         raise NextokenError(f"--sizes must be >= 3 (a parabola needs three points), got {sizes}")
     if spread <= 1:
         raise NextokenError(f"--spread must be > 1, got {spread}")
+    if not tokens_per_param > 0:
+        raise NextokenError(f"--tokens-per-param must be > 0, got {tokens_per_param}")
     tokens_per_step = base.train.batch_size * base.train.grad_accum * base.model.block_size
     runs = []
     for budget in sorted(budgets):
         if not (math.isfinite(budget) and budget > 0):
             raise NextokenError(f"--budgets: every budget must be a positive number of FLOPs, got {budget:g}")
-        centre = _centre(budget, base)
+        centre = _centre(budget, base, tokens_per_param)
         seen = set()
         for i in range(sizes):
             target = centre * spread ** (i / (sizes - 1) - 0.5)
@@ -103,6 +106,7 @@ def run_config(base: Config, spec: RunSpec) -> Config:
     cfg.train.eval_every = 0  # one evaluation, at the end of the schedule
     cfg.train.ckpt_every = max(1, spec.max_steps // 4)
     cfg.train.keep = 1
+    cfg.train.log_every = max(cfg.train.log_every, spec.max_steps // 50)
     cfg.log.progress, cfg.log.sample_tokens = "off", 0
     return cfg
 
@@ -124,7 +128,8 @@ def finished_result(run_dir: Path, max_steps: int) -> dict | None:
 
 
 def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, spread: float = 16.0,
-          log: Callable[[str], None] = print, dry_run: bool = False) -> list[dict]:
+          tokens_per_param: float = TOKENS_PER_PARAM, log: Callable[[str], None] = print,
+          dry_run: bool = False) -> list[dict]:
     """Train (or continue) the IsoFLOP sweep in `out`; returns one point per finished run."""
     from nextoken.train.loop import train
 
@@ -132,7 +137,7 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, s
     manifest = read_manifest(base.data.path)
     base = copy.deepcopy(base)
     base.model.vocab_size = base.model.vocab_size or manifest["vocab_size"]
-    specs = plan_sweep(base, budgets, sizes, spread, log)
+    specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log)
     if not specs:
         raise NextokenError("every run of this sweep is shorter than "
                             f"{MIN_STEPS} steps; raise --budgets or lower --train.batch_size")
@@ -156,7 +161,8 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, s
             try:
                 res = train(run_config(base, spec), run_dir, resume=resume, quiet=True)
             except NextokenError as e:
-                raise NextokenError(f"sweep stopped in {run_dir}: {e} -- the same `nextoken sweep` command "
+                why = str(e).split(";")[0]  # the loop's own advice is about `nextoken train`
+                raise NextokenError(f"sweep stopped in {run_dir} ({why}); the same `nextoken sweep` command "
                                     "continues the sweep") from None
             result = {"loss": res["loss"], "bits_per_byte": res["bits_per_byte"]}
             log(f"    val loss {res['loss']:.4f} in {res['elapsed_s']:.0f}s")

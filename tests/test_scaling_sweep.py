@@ -1,0 +1,127 @@
+"""A tiny IsoFLOP sweep trains for real, resumes after an interruption, and feeds fit and plan."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+import nextoken.train.loop as loop
+from nextoken.cli import main
+from nextoken.errors import NextokenError
+from nextoken.scaling.flops import training_flops_per_token
+from nextoken.scaling.sweep import collect_points, read_plan, run_config, sweep
+
+SWEEP_ARGS = ["--budgets", "4e8,1e9", "--sizes", "5", "--spread", "20", "--tokens-per-param", "1",
+              "--model.block_size", "32", "--train.batch_size", "4", "--train.eval_tokens", "2048",
+              "--train.threads", "1"]
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def calls():
+    return []
+
+
+def test_sweep_interrupted_then_continued(bytes_data, tmp_path_factory, monkeypatch, calls, capsys):
+    out = tmp_path_factory.getbasetemp() / "sweep"
+    real_train, raised = loop.train, []
+
+    def flaky(cfg, run_dir, resume=False, quiet=False):
+        calls.append((run_dir.name, resume))
+        if len(calls) == 3 and not raised:
+            raised.append(True)
+            raise NextokenError("interrupted at step 7")
+        return real_train(cfg, run_dir, resume=resume, quiet=quiet)
+
+    monkeypatch.setattr(loop, "train", flaky)
+    argv = ["sweep", "--data", str(bytes_data), "--out", str(out), *SWEEP_ARGS]
+    assert main(argv) != 0
+    assert "continues the sweep" in capsys.readouterr().err
+    first = [name for name, _ in calls[:2]]
+
+    # the same command continues: the finished runs are not trained again
+    calls.clear()
+    assert main([*argv, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["points"]) == 5
+    assert not {name for name, _ in calls} & set(first)
+    assert calls[0][1] is False  # the interrupted run had no checkpoint yet: it starts again
+
+    plan = read_plan(out)
+    base = collect_points(out)[1]
+    for p in res["points"]:
+        run = out / p["name"]
+        cfg = run_config(base, next(s for s in _specs(plan) if s.name == p["name"]))
+        # the run trained for exactly its budget, and its LR schedule ended there
+        assert cfg.train.max_steps == p["max_steps"]
+        assert p["tokens"] == p["max_steps"] * 4 * 32
+        assert p["flops"] == pytest.approx(p["tokens"] * training_flops_per_token(cfg.model))
+        assert abs(p["flops"] - p["budget"]) <= training_flops_per_token(cfg.model) * 4 * 32 / 2 + 1
+        train_rows = [m for m in _metrics(run) if m["kind"] == "train"]
+        assert train_rows[-1]["step"] == p["max_steps"]
+        assert train_rows[-1]["lr"] == pytest.approx(cfg.optim.lr * cfg.optim.min_lr_ratio, rel=1e-6)
+
+
+def _specs(plan):
+    from nextoken.scaling.sweep import RunSpec
+
+    return [RunSpec(**spec) for spec in plan["runs"].values()]
+
+
+def test_sweep_resumes_a_partial_run_and_restarts_a_dead_one(tmp_path_factory, monkeypatch, calls):
+    out = tmp_path_factory.getbasetemp() / "sweep"
+    points, base = collect_points(out)
+    partial, dead = points[0], points[1]
+    # a run killed after its last checkpoint but before its final eval line
+    metrics = out / partial["name"] / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if '"kind": "eval"' not in line))
+    # a run killed before its first checkpoint
+    shutil.rmtree(out / dead["name"] / "checkpoints")
+    (out / dead["name"] / "metrics.jsonl").write_text("")
+
+    real_train = loop.train
+    calls.clear()
+    monkeypatch.setattr(loop, "train", lambda cfg, run_dir, resume=False, quiet=False: (
+        calls.append((run_dir.name, resume)) or real_train(cfg, run_dir, resume=resume, quiet=quiet)))
+    budgets = sorted({p["budget"] for p in points})
+    again = sweep(base, out, budgets, sizes=5, spread=20, tokens_per_param=1, log=lambda m: None)
+    assert sorted(calls) == sorted([(partial["name"], True), (dead["name"], False)])
+    by_name = {p["name"]: p for p in again}
+    assert by_name[partial["name"]]["loss"] == pytest.approx(partial["loss"], rel=1e-5)  # same weights
+    assert by_name[dead["name"]]["loss"] == pytest.approx(dead["loss"], rel=1e-4)  # same seed, same data
+
+
+def test_fit_and_plan_on_the_sweep(tmp_path_factory, capsys):
+    out = tmp_path_factory.getbasetemp() / "sweep"
+    assert main(["fit", str(out), "--bootstrap", "2", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"E", "A", "B", "alpha", "beta", "a", "b"} <= set(res)
+    assert all(math.isfinite(res[k]) for k in ("E", "A", "B", "alpha", "beta", "a", "b"))
+    assert res["flops_convention"] == "exact" and res["model"]["vocab_size"] == 257
+    assert (out / "fit.json").is_file() and (out / "isoflop.png").is_file()
+
+    assert main(["plan", "--fit", str(out), "--flops", "8e9", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert {"params", "tokens", "flops", "loss", "tokens_per_param", "shape"} <= set(plan)
+    shape = plan["shape"]
+    assert shape["vocab_size"] == 257 and shape["block_size"] == 32
+    assert plan["params"] == shape["params_non_embedding"]
+    assert plan["tokens"] * shape["flops_per_token"] == pytest.approx(8e9, rel=1e-6)
+    assert math.isfinite(plan["loss"])
+
+
+def test_sweep_dry_run_and_bad_budgets(bytes_data, tmp_path, capsys):
+    assert main(["sweep", "--data", str(bytes_data), "--out", str(tmp_path / "s"), "--dry-run", *SWEEP_ARGS]) == 0
+    assert "runs over 2 budgets" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    assert main(["sweep", "--data", str(bytes_data), "--out", str(tmp_path / "s"), "--budgets", "1e3"]) != 0
+    assert "shorter than" in capsys.readouterr().err
+    assert main(["sweep", "--data", str(bytes_data), "--out", str(tmp_path / "s"), "--budgets=-1e9"]) != 0
+    assert "positive" in capsys.readouterr().err
