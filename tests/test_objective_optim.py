@@ -111,7 +111,8 @@ def test_gradient_accumulation_equals_one_larger_batch():
             return rows[:, :-1], rows[:, 1:]
 
     from nextoken.config import Config
-    from nextoken.train.runtime import make_runtime
+    from nextoken.train.distributed import Dist, rank_slices
+    from nextoken.train.runtime import DeviceBatches, make_runtime
     from nextoken.train.stability import Faults
 
     results = []
@@ -119,7 +120,9 @@ def test_gradient_accumulation_equals_one_larger_batch():
         cfg = Config()
         cfg.model = cfg_m
         cfg.train.batch_size, cfg.train.grad_accum = bs, accum
-        loss, norm = _forward_backward(model, None, Sampler(), 0, cfg, make_runtime(cfg.train), Faults(), 0)
+        rt, one = make_runtime(cfg.train), Dist()  # one process: its slice is the whole batch
+        batches = DeviceBatches(Sampler(), bs * accum, rank_slices(bs, accum, one), rt.device)
+        loss, norm = _forward_backward(model, batches, 0, cfg, rt, Faults(), one)
         results.append((loss, norm))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)

@@ -1,0 +1,175 @@
+"""Data parallelism on CPU processes (gloo): torchrun runs give the loss curve of one process, FSDP2
+checkpoints reshard to another world size, and a killed rank stops the job with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from nextoken import inference
+from nextoken.config import TrainConfig
+from nextoken.errors import ConfigError, NextokenError
+from nextoken.train import distributed
+from nextoken.train.loop import train
+
+REL_TOL = 1e-4  # per-step loss, relative (issue 5)
+
+
+def _config(data: Path, **overrides):
+    # A constant LR after warmup, so a run resumed with a larger max_steps follows the same curve.
+    fields = dict(train__max_steps=8, train__eval_every=0, train__ckpt_every=4, train__keep=5,
+                  optim__schedule="constant", optim__warmup_steps=2, log__sample_tokens=0)
+    return tiny_config(data, **{**fields, **overrides})
+
+
+def _torchrun(nproc: int, toml: Path, out: Path, *flags: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    # --standalone: torchrun picks a free port itself (never a fixed one)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "nextoken", "train", "--config", str(toml), "--out", str(out), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def _assert_same_curve(got: dict[int, float], ref: dict[int, float]) -> None:
+    assert got and set(got) <= set(ref)
+    for step, loss in got.items():
+        assert abs(loss - ref[step]) <= REL_TOL * abs(ref[step]), (step, loss, ref[step])
+
+
+def _write(cfg, path: Path) -> Path:
+    path.write_text(cfg.to_toml())
+    return path
+
+
+def test_rank_slices_cover_the_global_batch_once():
+    for world, (b, a) in [(1, (4, 2)), (2, (4, 2)), (2, (2, 4)), (4, (6, 2)), (3, (4, 3))]:
+        seen = []
+        for rank in range(world):
+            slices = distributed.rank_slices(b, a, distributed.Dist(rank, world))
+            assert len({count for _, count in slices}) == 1 and slices[0][1] <= b
+            seen += [i for off, count in slices for i in range(off, off + count)]
+        assert sorted(seen) == list(range(b * a))
+    with pytest.raises(ConfigError, match="split evenly over 2"):
+        distributed.rank_slices(3, 1, distributed.Dist(0, 2))
+
+
+def test_port_in_use_is_one_clear_line(monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(distributed, "_STATE", None)
+        with pytest.raises(NextokenError, match=f"port {port} is in use") as info:
+            distributed.init_distributed(TrainConfig(device="cpu"))
+    assert "\n" not in str(info.value)
+
+
+def test_fsdp_matches_one_process_and_resumes_on_another_world_size(bytes_data, tmp_path):
+    # 2 sequences per micro-batch, 4 micro-batches: with 2 ranks each accumulates 2 (no gradient sync on the first)
+    cfg = _config(bytes_data, train__batch_size=2, train__grad_accum=4)
+    train(cfg, tmp_path / "one", quiet=True)
+    ref = _losses(tmp_path / "one")
+
+    fsdp = _config(bytes_data, train__batch_size=2, train__grad_accum=4, train__parallel="fsdp", train__max_steps=4)
+    toml = _write(fsdp, tmp_path / "fsdp.toml")
+    _torchrun(2, toml, tmp_path / "two")
+    ckpt = tmp_path / "two" / "checkpoints" / "step_00000004"
+    assert (ckpt / "dcp" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
+    shutil.copytree(tmp_path / "two", tmp_path / "two_then_one")
+
+    # eval / sample / next load the sharded checkpoint in one process
+    loaded = inference.load(tmp_path / "two")
+    assert loaded.trainer["step"] == 4 and loaded.model.lm_head.weight.shape[0] == loaded.model.cfg.vocab_size
+
+    # resume with 2 processes ...
+    subprocess_out = _torchrun(2, toml, tmp_path / "two", "--resume", "--train.max_steps", "8")
+    assert "Traceback" not in subprocess_out.stderr
+    # ... and with 1
+    one = _config(bytes_data, train__batch_size=2, train__grad_accum=4, train__parallel="fsdp")
+    train(one, tmp_path / "two_then_one", resume=True, quiet=True)
+    for run in ("two", "two_then_one"):
+        got = _losses(tmp_path / run)
+        assert sorted(got) == list(range(1, 9))
+        _assert_same_curve(got, ref)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def test_ddp_two_processes_match_one_and_a_killed_rank_stops_the_job(bytes_data, tmp_path):
+    # 4 sequences per micro-batch, 2 micro-batches: one process accumulates 2, each of 2 ranks does 1.
+    cfg = _config(bytes_data, train__batch_size=4, train__grad_accum=2, train__max_steps=100_000, train__ckpt_every=5)
+    ref_cfg = _config(bytes_data, train__batch_size=4, train__grad_accum=2, train__max_steps=6)
+    train(ref_cfg, tmp_path / "one", quiet=True)
+    run = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "nextoken", "train", "--config", str(_write(cfg, tmp_path / "run.toml")), "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not (run / "checkpoints" / "latest").is_file():
+            time.sleep(0.2)
+        assert (run / "checkpoints" / "latest").is_file(), "the job never wrote a checkpoint"
+        victims = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        assert victims, "rank 1 not found"
+        os.kill(victims[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "another process of the job failed" in stderr and "--resume" in stderr, stderr[-2000:]
+
+    # the steps it took follow the one-process curve, and it wrote the normal single-file checkpoint
+    _assert_same_curve({s: v for s, v in _losses(run).items() if s <= 6}, _losses(tmp_path / "one"))
+    latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert (latest / "model.safetensors").is_file()
+
+    # --resume continues from the last complete checkpoint (here in one process)
+    saved = json.loads((latest / "trainer.json").read_text())["step"]
+    cfg.train.max_steps = saved + 2
+    res = train(cfg, run, resume=True, quiet=True)
+    assert res["step"] == saved + 2
