@@ -14,7 +14,7 @@ from nextoken.errors import NextokenError
 from nextoken.scaling.flops import training_flops_per_token
 from nextoken.scaling.sweep import collect_points, read_plan, run_config, sweep
 
-SWEEP_ARGS = ["--budgets", "4e8,1e9", "--sizes", "5", "--spread", "20", "--tokens-per-param", "1",
+SWEEP_ARGS = ["--budgets", "4e8,1e9", "--sizes", "3", "--spread", "6", "--tokens-per-param", "1",
               "--model.block_size", "32", "--train.batch_size", "4", "--train.eval_tokens", "2048",
               "--train.threads", "1"]
 
@@ -49,7 +49,7 @@ def test_sweep_interrupted_then_continued(bytes_data, tmp_path_factory, monkeypa
     calls.clear()
     assert main([*argv, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert len(res["points"]) == 5
+    assert len(res["points"]) == 6
     assert not {name for name, _ in calls} & set(first)
     assert calls[0][1] is False  # the interrupted run had no checkpoint yet: it starts again
 
@@ -91,7 +91,7 @@ def test_sweep_resumes_a_partial_run_and_restarts_a_dead_one(tmp_path_factory, m
     monkeypatch.setattr(loop, "train", lambda cfg, run_dir, resume=False, quiet=False: (
         calls.append((run_dir.name, resume)) or real_train(cfg, run_dir, resume=resume, quiet=quiet)))
     budgets = sorted({p["budget"] for p in points})
-    again = sweep(base, out, budgets, sizes=5, spread=20, tokens_per_param=1, log=lambda m: None)
+    again = sweep(base, out, budgets, sizes=3, spread=6, tokens_per_param=1, log=lambda m: None)
     assert sorted(calls) == sorted([(partial["name"], True), (dead["name"], False)])
     by_name = {p["name"]: p for p in again}
     assert by_name[partial["name"]]["loss"] == pytest.approx(partial["loss"], rel=1e-5)  # same weights

@@ -19,8 +19,8 @@ def shape_for_params(n_params: float, base: ModelConfig | None = None) -> ModelC
     Depth and width follow d_model ≈ 64 · n_layer. Kaplan et al. 2020 (§3.1, Fig. 5) find the loss at a
     fixed N within a few percent over aspect ratios d_model / n_layer from about 20 to 200; 64 sits
     in that flat region and is the ratio nanochat derives its widths with. Heads are 64 wide (GPT-2, and
-    Kaplan's d_attn = d_model / n_head ≈ 64). The width moves in steps of 64 (16 below 256) so that N
-    is hit closely at every size; everything else (vocabulary, context, MLP, norms) comes from `base`.
+    Kaplan's d_attn = d_model / n_head ≈ 64). The width moves in steps of 64 (16 below 256, 8 below 64)
+    so that N is hit closely at every size; everything else (vocabulary, context, MLP, norms) comes from `base`.
     """
     base = base or ModelConfig()
     if not n_params > 0:
@@ -30,10 +30,11 @@ def shape_for_params(n_params: float, base: ModelConfig | None = None) -> ModelC
     c = per_layer / ASPECT**2
     n_layer = max(1, round((n_params / (c * ASPECT**2)) ** (1 / 3)))
     width = math.sqrt(n_params / (c * n_layer))
-    step = HEAD_SIZE if width >= 4 * HEAD_SIZE else WIDTH_STEP  # wide models: whole 64-wide heads
+    # wide models: whole 64-wide heads; below 64 wide, steps of 8 keep neighbouring sizes < 2x apart
+    step = HEAD_SIZE if width >= 4 * HEAD_SIZE else WIDTH_STEP if width >= HEAD_SIZE else WIDTH_STEP // 2
     best = None
     for k in range(-2, 3):
-        d = max(WIDTH_STEP, (round(width / step) + k) * step)
+        d = max(WIDTH_STEP // 2, (round(width / step) + k) * step)
         cfg = dataclasses.replace(base, n_layer=n_layer, d_model=d, n_head=_heads(d, base.pos))
         err = abs(math.log(param_counts(cfg).non_embedding / n_params))
         if best is None or err < best[0]:
