@@ -328,7 +328,17 @@ def _gpt2_124m(cfg: Config) -> None:
     cfg.train.eval_every, cfg.train.ckpt_every, cfg.train.eval_tokens = 1000, 1000, 1 << 20
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "gpt2-124m": _gpt2_124m}
+def _scaling(cfg: Config) -> None:
+    # The base of `nextoken sweep` (docs/LOG.md, "scaling laws"): byte-level tokens, because with a BPE
+    # vocabulary a tiny model's FLOPs are mostly its logits (6·V·d per token) and the IsoFLOP profiles in
+    # non-embedding N came out monotone at CPU budgets; spikes logged, not acted on, so that every run
+    # of a sweep trains the same way.
+    cfg.data.tokenizer = "bytes"
+    cfg.train.batch_size = 16
+    cfg.stability.policy = "warn"
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "gpt2-124m": _gpt2_124m, "scaling": _scaling}
 
 
 def build_config(preset: str | None = None, file: str | None = None,

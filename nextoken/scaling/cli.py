@@ -49,13 +49,14 @@ def add_parsers(sub) -> None:
     sw.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
     sw.add_argument("--out", required=True, help="sweep directory (rerun the same command to continue)")
     sw.add_argument("--budgets", type=_numbers, default=None,
-                    help="comma-separated FLOP budgets (default 1e12,3e12,1e13: ~1 hour on 2 CPU cores)")
+                    help="comma-separated FLOP budgets (default 1e11,3e11,1e12: 15-60 minutes on 2 CPU cores)")
     sw.add_argument("--sizes", type=int, default=5, help="model sizes per budget (default 5)")
-    sw.add_argument("--spread", type=float, default=16.0,
-                    help="ratio of the largest to the smallest N in a budget (default 16)")
-    sw.add_argument("--tokens-per-param", type=float, default=20.0,
-                    help="centre each budget's sizes where D = this x N (default 20, Chinchilla)")
-    sw.add_argument("--preset", help="base config preset (default tiny)")
+    sw.add_argument("--spread", type=float, default=10.0,
+                    help="ratio of the largest to the smallest N in a budget (default 10)")
+    sw.add_argument("--tokens-per-param", type=float, default=300.0,
+                    help="centre each budget's sizes where D = this x N (default 300, measured on CPU budgets; "
+                    "Chinchilla's 20 holds at far larger ones)")
+    sw.add_argument("--preset", help="base config preset (default scaling: byte-level, 16 x 128 tokens a step)")
     sw.add_argument("--config", help="base config TOML file")
     sw.add_argument("--dry-run", action="store_true", help="print the runs and stop")
     sw.add_argument("--json", action="store_true", help="print the points as JSON")
@@ -122,7 +123,7 @@ def cmd_sweep(args, extra) -> int:
     from nextoken.data.builtin import stdlib_data
     from nextoken.scaling.sweep import DEFAULT_BUDGETS, sweep
 
-    cfg = build_config(args.preset or "tiny", args.config, parse_overrides(extra))
+    cfg = build_config(args.preset or "scaling", args.config, parse_overrides(extra))
     if args.data:
         cfg.data.path = args.data
     if not cfg.data.path:
@@ -191,7 +192,7 @@ def _print_fit(r: dict, law) -> None:
         if "params_opt" in p:
             lines.append(f"  C {p['flops']:.3g}: N_opt {p['params_opt']:.4g}, D_opt {p['tokens_opt']:.4g} "
                          f"({p['tokens_opt'] / p['params_opt']:.1f} tokens/param), loss {p['loss_opt']:.4f}"
-                         + ("" if p["bracketed"] else "  (outside the sampled sizes: extrapolated)"))
+                         + ("" if p["bracketed"] else "  (outside the sampled sizes: not used)"))
         else:
             lines.append(f"  C {p['flops']:.3g}: no minimum (the profile is not convex)")
     C = max(p["flops"] for p in r["points"])

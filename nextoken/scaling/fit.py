@@ -177,7 +177,9 @@ def fit_approach2(points: list[dict]) -> dict | None:
             prof.update(params_opt=float(np.exp(xs)), tokens_opt=float(np.exp(np.polyval(logD, xs))),
                         loss_opt=float(np.polyval([c2, c1, c0], xs)), bracketed=bool(x.min() <= xs <= x.max()))
         profiles.append(prof)
-    minima = [p for p in profiles if "params_opt" in p]
+    # A minimum outside the sampled sizes is an extrapolation of a parabola, not a measurement: it is
+    # reported but left out of the power laws (Hoffmann et al. 2022 centre their profiles on the minimum).
+    minima = [p for p in profiles if p.get("bracketed")]
     if len(minima) < 2:
         return {"profiles": profiles} if profiles else None
     logC = np.log([p["flops"] for p in minima])
@@ -274,24 +276,24 @@ def plot_fit(result: dict, path: str | Path, law=None) -> Path:
             xs = np.linspace(math.log(min(p["params"] for p in group)) - 0.3,
                              math.log(max(p["params"] for p in group)) + 0.3, 100)
             ax1.plot(np.exp(xs), np.polyval(prof["parabola"], xs), color=color, lw=1)
-            if "params_opt" in prof:
+            if prof.get("bracketed"):
                 ax1.scatter([prof["params_opt"]], [prof["loss_opt"]], color=color, marker="*", s=160,
                             edgecolor="black", zorder=4)
     ax1.set(xscale="log", xlabel="non-embedding parameters N", ylabel="val loss (nats/token)",
             title="IsoFLOP profiles (approach 2)")
     ax1.legend(fontsize=8)
-    minima = [p for p in profiles if "params_opt" in p]
-    if minima:
-        Cs = np.array([p["flops"] for p in minima])
-        ax2.scatter(Cs, [p["params_opt"] for p in minima], color="C0", label="N_opt, IsoFLOP minima", zorder=3)
-        ax2.scatter(Cs, [p["tokens_opt"] for p in minima], color="C1", label="D_opt, IsoFLOP minima", zorder=3)
-        grid = np.geomspace(Cs.min() / 2, Cs.max() * 8, 30)
-        if "a" in a2:
-            ax2.plot(grid, a2["kN"] * grid ** a2["a"], color="C0", lw=1, label=f"N_opt ∝ C^{a2['a']:.2f}")
-            ax2.plot(grid, a2["kD"] * grid ** a2["b"], color="C1", lw=1, label=f"D_opt ∝ C^{a2['b']:.2f}")
-        opt = np.array([law.optimal(c) for c in grid])
-        ax2.plot(grid, opt[:, 0], color="C0", ls="--", lw=1, label="N_opt, approach 3")
-        ax2.plot(grid, opt[:, 1], color="C1", ls="--", lw=1, label="D_opt, approach 3")
+    minima = [p for p in profiles if p.get("bracketed")]
+    Cs = np.array([p["flops"] for p in points])
+    grid = np.geomspace(Cs.min() / 2, Cs.max() * 8, 30)
+    for p in minima:
+        ax2.scatter([p["flops"]], [p["params_opt"]], color="C0", zorder=3)
+        ax2.scatter([p["flops"]], [p["tokens_opt"]], color="C1", zorder=3)
+    if "a" in a2:
+        ax2.plot(grid, a2["kN"] * grid ** a2["a"], color="C0", lw=1, label=f"N_opt ∝ C^{a2['a']:.2f} (IsoFLOP minima)")
+        ax2.plot(grid, a2["kD"] * grid ** a2["b"], color="C1", lw=1, label=f"D_opt ∝ C^{a2['b']:.2f} (IsoFLOP minima)")
+    opt = np.array([law.optimal(c) for c in grid])
+    ax2.plot(grid, opt[:, 0], color="C0", ls="--", lw=1, label="N_opt, approach 3")
+    ax2.plot(grid, opt[:, 1], color="C1", ls="--", lw=1, label="D_opt, approach 3")
     ax2.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="N (params) or D (tokens)",
             title=f"frontier: alpha {result['alpha']:.3f}, beta {result['beta']:.3f}")
     ax2.legend(fontsize=8)

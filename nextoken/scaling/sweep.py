@@ -26,10 +26,11 @@ from nextoken.model.counting import param_counts
 from nextoken.scaling.flops import training_flops_per_token
 from nextoken.scaling.shapes import shape_for_params
 
-# Fit on the built-in corpus (BPE-4096, context 128) on 2 CPU cores in about an hour: docs/LOG.md, "scaling".
-DEFAULT_BUDGETS = (1e12, 3e12, 1e13)
+# With the `scaling` preset on the built-in corpus: 12 runs, ~35M tokens, 15 minutes on a quiet 2-core CPU,
+# and IsoFLOP profiles with their minimum inside the sampled sizes (docs/LOG.md, "scaling laws").
+DEFAULT_BUDGETS = (1e11, 3e11, 1e12)
 MIN_STEPS = 20
-TOKENS_PER_PARAM = 20  # where each IsoFLOP family is centred by default (Hoffmann et al. 2022, Table 3)
+TOKENS_PER_PARAM = 20  # Chinchilla's ratio (Hoffmann et al. 2022, Table 3); the CLI centres CPU sweeps at 300
 
 
 @dataclass
