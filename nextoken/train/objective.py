@@ -16,6 +16,9 @@ def next_token_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, z_loss: 
     label smoothing and z-loss = coef * mean(log^2 Z), Z the softmax normalizer (PaLM §5)."""
     logits_NV = logits_BTV.float().flatten(0, 1)
     targets_N = targets_BT.flatten()
+    if logits_NV.requires_grad and not (z_loss or label_smoothing) and logits_NV.device.type == "cpu":
+        loss = _InPlaceCrossEntropy.apply(logits_NV, targets_N)
+        return loss, loss.detach()
     ce = F.cross_entropy(logits_NV, targets_N, ignore_index=IGNORE_INDEX)
     loss = ce
     if label_smoothing:
@@ -25,3 +28,30 @@ def next_token_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, z_loss: 
         log_z_N = torch.logsumexp(logits_NV[keep_N], dim=-1)
         loss = loss + z_loss * log_z_N.pow(2).mean()
     return loss, ce.detach()
+
+
+class _InPlaceCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy whose backward writes the gradient, softmax - onehot, into the logits' own
+    memory. On the CPU the (tokens x vocab) tensors dominate everything but the matmuls: F.cross_entropy
+    writes log-probabilities, a zero-filled gradient and the log-softmax gradient, three fresh tensors
+    of the logits' size each step (each a new mmap and its page faults: 64 MiB at 4096 x 4096); this
+    keeps one. The loss matches F.cross_entropy to fp32 rounding (docs/LOG.md). The caller must not
+    read the logits after backward; a graph that saved them elsewhere would fail the version check."""
+
+    @staticmethod
+    def forward(ctx, logits_NV: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+        keep_N = targets_N != IGNORE_INDEX
+        safe_N = targets_N.clamp_min(0)
+        lse_N = torch.logsumexp(logits_NV, dim=-1)
+        nll_N = lse_N - logits_NV.gather(1, safe_N[:, None]).squeeze(1)
+        n = keep_N.sum()
+        ctx.save_for_backward(logits_NV, lse_N, safe_N, keep_N, n)
+        return torch.where(keep_N, nll_N, 0.0).sum() / n
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits_NV, lse_N, safe_N, keep_N, n = ctx.saved_tensors
+        grad_NV = logits_NV.sub_(lse_N[:, None]).exp_()  # softmax, in place
+        grad_NV.scatter_add_(1, safe_N[:, None], torch.full_like(lse_N, -1.0)[:, None])
+        grad_NV.mul_((keep_N * (grad_out / n))[:, None])
+        return grad_NV, None

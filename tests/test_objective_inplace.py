@@ -1,0 +1,21 @@
+"""The CPU cross-entropy that reuses the logits' memory for their gradient equals F.cross_entropy."""
+
+import torch
+import torch.nn.functional as F
+
+from nextoken.train.objective import IGNORE_INDEX, next_token_loss
+
+
+def test_in_place_cross_entropy_matches_torch_in_value_and_gradient():
+    torch.manual_seed(0)
+    w = torch.randn(16, 37, requires_grad=True)
+    h = torch.randn(3, 5, 16)
+    targets = torch.randint(0, 37, (3, 5))
+    targets[2, 3:] = IGNORE_INDEX
+    loss, ce = next_token_loss(h @ w, targets)
+    (loss * 0.5).backward()
+    grad, w.grad = w.grad.clone(), None
+    ref = F.cross_entropy((h @ w).view(-1, 37), targets.view(-1), ignore_index=IGNORE_INDEX)
+    (ref * 0.5).backward()
+    assert torch.allclose(loss, ref, rtol=1e-6) and torch.allclose(ce, ref, rtol=1e-6)
+    assert torch.allclose(grad, w.grad, rtol=1e-5, atol=1e-7)
