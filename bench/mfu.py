@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -77,7 +78,10 @@ def main() -> None:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        res = train(cfg, tmp / f"run-{int(time.time())}", quiet=True)
+        if d.is_main:
+            shutil.rmtree(tmp / "run", ignore_errors=True)
+        d.barrier()
+        res = train(cfg, tmp / "run", quiet=True)
         wall = time.perf_counter() - t0
         if res.get("rank", 0) != 0:
             return

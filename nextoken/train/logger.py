@@ -104,26 +104,28 @@ class Display:
 
             self.progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  ppl {task.fields[ppl]:.1f}  {task.fields[tps]:,.0f} tok/s"),
+                TextColumn("loss {task.fields[loss]:.4f}  ppl {task.fields[ppl]:.1f}  {task.fields[tps]:,.0f} tok/s"
+                           "{task.fields[mfu]}"),
                 TimeRemainingColumn(), console=Console(stderr=True), transient=False,
             )
             self.task = self.progress.add_task("train", total=total, completed=start, loss=float("nan"),
-                                               ppl=float("nan"), tps=0.0)
+                                               ppl=float("nan"), tps=0.0, mfu="")
             self.progress.start()
 
-    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
+    def update(self, step: int, loss: float, tokens_per_s: float, mfu: float | None = None) -> None:
         if not self.enabled:
             return
         ppl = math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
+        mfu_text = f"  MFU {mfu:.0%}" if mfu is not None else ""
         if self.live:
-            self.progress.update(self.task, completed=step, loss=loss, ppl=ppl, tps=tokens_per_s)
+            self.progress.update(self.task, completed=step, loss=loss, ppl=ppl, tps=tokens_per_s, mfu=mfu_text)
             return
         now = time.perf_counter()
         if now - self.last_plain >= 10 or step == self.total:
             self.last_plain = now
             done = max(step - self.start, 1)
             eta = (now - self.t0) / done * (self.total - step)
-            print(f"step {step}/{self.total}  loss {loss:.4f}  ppl {ppl:.1f}  {tokens_per_s:,.0f} tok/s  "
+            print(f"step {step}/{self.total}  loss {loss:.4f}  ppl {ppl:.1f}  {tokens_per_s:,.0f} tok/s{mfu_text}  "
                   f"eta {eta:.0f}s", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:

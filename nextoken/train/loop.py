@@ -128,9 +128,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 tps = (state.tokens - tokens_last) / max(now - t_start, 1e-9)
                 t_start, tokens_last = now, state.tokens
+                mfu = _mfu(flops_tok * tps, rt)
                 log.write("train", step=state.step, tokens=state.tokens, loss=loss, lr=lr, grad_norm=grad_norm,
-                          tokens_per_s=tps, mfu=_mfu(flops_tok * tps, rt), elapsed_s=state.elapsed_s)
-                display.update(state.step, loss, tps)
+                          tokens_per_s=tps, mfu=mfu, elapsed_s=state.elapsed_s)
+                display.update(state.step, loss, tps, mfu)
 
             # ---- eval, checkpoint ----
             last = state.step == t.max_steps
