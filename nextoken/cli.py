@@ -19,6 +19,16 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _nonnegative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -39,8 +49,17 @@ def _train_epilog() -> str:
     return "\n".join(lines)
 
 
+class UsageError(ConfigError):
+    """A malformed command line, reported in one line like every other error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage lines and exits; we want one line
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nextoken", description="Pretrain decoder-only transformers by next-token "
+    p = _Parser(prog="nextoken", description="Pretrain decoder-only transformers by next-token "
                                 "prediction. `nextoken train` with no arguments trains a small model on the "
                                 "Python standard library's source.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -72,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", metavar="RUN|CKPT")
     ev.add_argument("--data", help="prepared data directory (default: the run's)")
     ev.add_argument("--split", default="val")
-    ev.add_argument("--tokens", type=int, default=0, help="tokens to evaluate (default: the whole split)")
+    ev.add_argument("--tokens", type=_nonnegative_int, default=0, help="tokens to evaluate (default: the whole split)")
     ev.add_argument("--json", action="store_true")
 
     sa = sub.add_parser("sample", help="generate text")
@@ -110,9 +129,15 @@ def _add_scaling_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.cmd is None and "-h" not in argv and "--help" not in argv:
-        args, extra = parser.parse_known_args(["train", *argv])
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.cmd is None and "-h" not in argv and "--help" not in argv:
+            args, extra = parser.parse_known_args(["train", *argv])
+    except UsageError as e:
+        if "--debug" in argv:
+            raise
+        _err(f"error: {e}")
+        return e.exit_code
     try:
         if args.cmd is None:
             parser.print_help()
@@ -156,6 +181,9 @@ def _train_config(args, extra):
     overrides = parse_overrides(extra)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out RUN, the run to continue")
+    if args.resume and not (Path(args.out) / "config.toml").is_file():
+        raise ConfigError(f"{args.out} has no checkpoint to resume from (it holds no run); check --out, "
+                          "or run without --resume")
     run_config = Path(args.out) / "config.toml" if args.out else None
     if args.resume and not args.config and not args.preset and run_config and run_config.is_file():
         cfg = Config()

@@ -85,6 +85,9 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     from nextoken.data.tokenizer import eot_id
 
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    if prompt and not ids:  # a tokenizer without byte fallback drops characters it does not know
+        raise NextokenError(f"the prompt {prompt[:40]!r} has no character this model's tokenizer knows; "
+                            "use text like the training data")
     # An empty prompt starts a fresh document, as after an end-of-text separator.
     return ids if ids else [eot_id(tokenizer)]
 

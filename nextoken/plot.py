@@ -64,8 +64,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax_lr.set_xlabel("step")
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    except ValueError as e:  # matplotlib: an unknown file extension
+        raise NextokenError(f"cannot write {out}: {str(e).split(' (')[0]}; use a .png, .pdf or .svg name") from None
+    except OSError as e:
+        raise NextokenError(f"cannot write {out} ({e.strerror}); choose an --out in a writable directory") from None
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -27,8 +27,10 @@ def open_run_dir(run_dir: Path, cfg: Config, data_dir: Path, resume: bool) -> No
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.toml", cfg.to_toml())
     tok = run_dir / "tokenizer.json"
-    if not tok.exists():
-        shutil.copyfile(data_dir / "tokenizer.json", tok)
+    if not tok.exists():  # copied under a temporary name, so a kill never leaves half a tokenizer
+        tmp = tok.with_name(f".{tok.name}.tmp-{os.getpid()}")
+        shutil.copyfile(data_dir / "tokenizer.json", tmp)
+        os.replace(tmp, tok)
 
 
 def write_atomic(path: Path, text: str) -> None:
