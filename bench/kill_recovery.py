@@ -104,7 +104,7 @@ def survive(data: Path, run: Path, kills: int, train_s: float, rng: random.Rando
             if rng.random() < 0.35:
                 killed = _kill_while_writing(proc, run / "checkpoints", timeout=train_s)
             else:
-                time.sleep(rng.uniform(0, train_s / kills))
+                time.sleep(rng.uniform(0, 0.8 * train_s / kills))
                 killed = proc.poll() is None
                 if killed:
                     proc.send_signal(signal.SIGKILL)
@@ -139,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         ref, train_s = reference(data, work / "reference", extra)
         trials = []
         for i in range(args.trials):
-            trial = survive(data, work / f"trial-{i:02d}", args.kills_per_trial, train_s, rng, extra)
+            for _attempt in range(3):  # a trial whose run finished before the kill landed is run again
+                shutil.rmtree(work / f"trial-{i:02d}", ignore_errors=True)
+                trial = survive(data, work / f"trial-{i:02d}", args.kills_per_trial, train_s, rng, extra)
+                if trial.kills:
+                    break
             got = state_digest(work / f"trial-{i:02d}") if not trial.notes else None
             trial.exact = got == ref
             trials.append(trial)

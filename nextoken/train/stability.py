@@ -24,7 +24,7 @@ Snapshots. Every `snapshot_every` steps the guard copies the weights, the optimi
 state and the detector's window to host memory, keeping the newest rollback_steps/snapshot_every + 1
 of them, which is the fewest that always holds one at least `rollback_steps` back. The cost is
 (ring size) x (weights + two AdamW moments) = 3 x 3 x 4 bytes = 36 bytes of host RAM per parameter
-with the defaults (≈ 4.5 GB for a 124M model, ≈ 0.1 GB for the tiny preset) and one device-to-host
+with the defaults (≈ 4.5 GB for a 124M model, 48 MB for the tiny preset) and one device-to-host
 copy every `snapshot_every` steps. On-disk checkpoints are rollback candidates too, so a run that was
 just resumed (its ring still empty) can roll back to a checkpoint.
 """
