@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,32 +54,7 @@ def make_runtime(cfg: TrainConfig, device: torch.device | None = None) -> Runtim
     # auto compiles on CUDA only: on this project's CPUs torch.compile measured slower than eager for the
     # tiny preset (0.87x) after minutes of compiling (docs/LOG.md, bench/throughput.py)
     compile_ = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    if device.type == "cpu":
-        keep_freed_memory()
     return Runtime(device, torch.bfloat16 if bf16 else None, compile_)
-
-
-def keep_freed_memory() -> None:
-    """Serve every CPU allocation from the heap and keep freed memory there (glibc mallopt).
-
-    glibc maps each block over 32 MiB (the logits of a step: tokens x vocab x 4 bytes) afresh with
-    mmap and unmaps it when freed, so every step page-faults its big tensors in again: ~38,000 minor
-    faults (150 MB) per step of the tiny preset, 10-15% of its time (docs/LOG.md). Training repeats
-    the same allocations every step, so keeping the memory is free. Process-wide, Linux/glibc only;
-    NEXTOKEN_MALLOC=system leaves the allocator alone."""
-    global _MALLOC_SET
-    if _MALLOC_SET or not sys.platform.startswith("linux") or os.environ.get("NEXTOKEN_MALLOC") == "system":
-        return
-    _MALLOC_SET = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX: no mmap-backed blocks
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: return the heap's free top to the OS only above 1 GiB
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-_MALLOC_SET = False
 
 
 # Dense (no sparsity) bf16 peaks in FLOP/s from the vendors' data sheets; the first key found in the
