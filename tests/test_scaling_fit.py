@@ -46,6 +46,7 @@ def test_approach2_recovers_the_allocation_exponents():
     assert fit["a"] == pytest.approx(CHINCHILLA.a, abs=0.02)
     assert fit["b"] == pytest.approx(CHINCHILLA.b, abs=0.02)
     assert all(p["bracketed"] for p in fit["profiles"])
+    assert 0 < fit["gamma"] < CHINCHILLA.alpha  # the minima's loss falls with C, slower than the offset-free law
 
 
 def test_bootstrap_intervals_cover_the_truth():

@@ -199,5 +199,8 @@ def _print_fit(r: dict, law) -> None:
     N, D = law.optimal(4 * C)
     lines.append(f"at 4x the largest budget ({4 * C:.3g} FLOPs): N {N:.4g}, D {D:.4g} ({D / N:.1f} tokens/param), "
                  f"predicted loss {law.loss(N, D):.4f}")
+    if "gamma" in a2:
+        L2 = a2["kL"] * (4 * C) ** -a2["gamma"]
+        lines.append(f"  cross-check, the IsoFLOP minima's L_opt ∝ C^-{a2['gamma']:.3f} there: {L2:.4f}")
     lines.append(f"wrote {r['fit_json']} and {r['plot']}; next: nextoken plan --fit {r['fit_json']} --flops C")
     _err("\n".join(lines))

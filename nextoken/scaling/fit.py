@@ -185,8 +185,11 @@ def fit_approach2(points: list[dict]) -> dict | None:
     logC = np.log([p["flops"] for p in minima])
     a, log_kN = np.polyfit(logC, np.log([p["params_opt"] for p in minima]), 1)
     b, log_kD = np.polyfit(logC, np.log([p["tokens_opt"] for p in minima]), 1)
+    # The minima's losses as a power of compute, L_opt = kL · C^-gamma (Kaplan et al. 2020, eq. 1.4, without
+    # its offset): a cross-check of approach 3's loss prediction that needs no N/D split.
+    neg_gamma, log_kL = np.polyfit(logC, np.log([p["loss_opt"] for p in minima]), 1)
     return {"a": float(a), "b": float(b), "kN": float(np.exp(log_kN)), "kD": float(np.exp(log_kD)),
-            "profiles": profiles}
+            "gamma": float(-neg_gamma), "kL": float(np.exp(log_kL)), "profiles": profiles}
 
 
 # ---- both, from points -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 
 from nextoken.config import ModelConfig
 from nextoken.errors import NextokenError
+from nextoken.model.counting import param_counts
 from nextoken.scaling.flops import training_flops_per_token
 from nextoken.scaling.laws import ParametricLaw, get_law
 from nextoken.scaling.shapes import describe, shape_for_params
@@ -42,10 +43,11 @@ class FittedLaw:
         return param_counts_n(cfg), C / training_flops_per_token(cfg)
 
     def optimal_shape(self, C: float) -> ModelConfig:
-        """The shape minimizing the predicted loss at C, each shape trained for C / its FLOPs per token."""
+        """The shape minimizing the predicted loss at C, each shape trained for C / its FLOPs per token:
+        a search over 4 decades of N around the 6ND optimum, which embeddings and attention move."""
         N0, _ = self.law.optimal(C)
         best = None
-        for n in np.exp(np.linspace(math.log(N0 / 30), math.log(N0 * 30), 241)):
+        for n in np.exp(np.linspace(math.log(N0 / 100), math.log(N0 * 100), 321)):
             cfg = shape_for_params(n, self.base)
             loss = self.law.loss(param_counts_n(cfg), C / training_flops_per_token(cfg))
             if best is None or loss < best[0]:
@@ -54,8 +56,6 @@ class FittedLaw:
 
 
 def param_counts_n(cfg: ModelConfig) -> int:
-    from nextoken.model.counting import param_counts
-
     return param_counts(cfg).non_embedding
 
 
