@@ -47,7 +47,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         marker, color = _EVENT_STYLE[ev["type"]]
         s = ev["step"]
         near = min(step_tokens, key=lambda k: abs(k - s))
-        y = step_loss.get(near)
+        detail = ev.get("detail") if isinstance(ev.get("detail"), dict) else {}
+        y = detail.get("loss") if isinstance(detail.get("loss"), (int, float)) else step_loss.get(near)
         y = y if y is not None and math.isfinite(y) else ax.get_ylim()[1]
         ax.plot(step_tokens[near], y, marker, color=color, ms=9, label=ev["type"])
     handles, labels = ax.get_legend_handles_labels()
