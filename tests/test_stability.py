@@ -129,6 +129,15 @@ def test_rollback_restores_an_earlier_snapshot_and_skips_batches(bytes_data, tmp
     assert final[24] < spike["detail"]["loss"] / 2
 
 
+def test_an_incident_right_after_a_rollback_rolls_back_to_the_oldest_state_held(bytes_data, tmp_path):
+    cfg = stable_cfg(bytes_data, "rollback", "lr@14x300,nan@16", train__ckpt_every=0)
+    cfg.stability.rollback_steps, cfg.stability.snapshot_every, cfg.stability.skip_batches = 4, 2, 1
+    train(cfg, tmp_path / "run", quiet=True)
+    first, second = (e["detail"] for e in events(tmp_path / "run", "rollback"))
+    assert (first["from_step"], first["to_step"], first["data_step"]) == (15, 10, 16)
+    assert (second["from_step"], second["to_step"], second["data_step"]) == (10, 10, 17)  # nan@16 fired at once
+
+
 def test_rollback_gives_up_after_too_many(bytes_data, tmp_path):
     cfg = stable_cfg(bytes_data, "rollback", "lr@14x300,lr@22x300", train__max_steps=40, train__ckpt_every=0)
     st = cfg.stability

@@ -73,6 +73,8 @@ def _end_cut_line(path: Path) -> None:
 
 
 def _clean(v):
+    if isinstance(v, dict):  # event details: strict JSON all the way down
+        return {k: _clean(x) for k, x in v.items()}
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
     return v

@@ -14,7 +14,8 @@ always an incident and never enters the window.
 Policies (`Guard`). `warn` logs; `skip` drops the step's update (weights and optimizer state stay
 as they were, AdamW's step count included); `rollback` restores the newest snapshot at least
 `rollback_steps` before the spike, moves the data position `skip_batches` past that snapshot's
-(never to or before the spike's batch), and continues; after `max_rollbacks` rollbacks whose spikes
+(never to or before the spike's batch), and continues (when no state is that old, because a rollback
+or a resume just emptied the ring, the oldest one held); after `max_rollbacks` rollbacks whose spikes
 lie within `rollback_window` steps it stops with a `StabilityError`. Whatever the policy, a
 non-finite step never reaches the weights (under `warn` it is skipped; under `rollback` it rolls
 back, since non-finite losses usually mean the run is already diverging). This follows PaLM
@@ -234,8 +235,8 @@ class Guard:
     def maybe_snapshot(self, trainer: dict, model, optimizer) -> None:
         if self.cfg.policy != "rollback" or trainer["step"] % self.cfg.snapshot_every:
             return
-        if self.ring and self.ring[-1].step == trainer["step"]:
-            return
+        if self.ring and self.ring[-1].step == trainer["step"]:  # just rolled back here: keep the new position
+            self.ring.pop()
         self.ring.append(Snapshot(trainer["step"], dict(trainer), _to_cpu(model.state_dict()),
                                   _to_cpu(optimizer.state_dict()), torch.get_rng_state(),
                                   self.detector.state_dict()))
@@ -267,6 +268,8 @@ class Guard:
         snap = next((s for s in reversed(self.ring) if s.step <= target), None)
         disk = [p for p in ckpt.list_checkpoints(Path(run_dir) / "checkpoints")
                 if ckpt.read_trainer(p)["step"] <= target]
+        if snap is None and not disk and self.ring:
+            snap = self.ring[0]  # none that old (a rollback or a resume emptied the ring): the oldest held
         if disk and (snap is None or ckpt.read_trainer(disk[-1])["step"] > snap.step):
             return self._restore_checkpoint(disk[-1], model, optimizer)
         if snap is None:
