@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nextoken.cli import main
-from nextoken.scaling.fit import fit_approach2, fit_approach3, fit_points
+from nextoken.scaling.fit import fit_approach2, fit_approach3, fit_frontier, fit_points
 from nextoken.scaling.laws import CHINCHILLA, EPOCH, ParametricLaw
 
 
@@ -46,7 +46,17 @@ def test_approach2_recovers_the_allocation_exponents():
     assert fit["a"] == pytest.approx(CHINCHILLA.a, abs=0.02)
     assert fit["b"] == pytest.approx(CHINCHILLA.b, abs=0.02)
     assert all(p["bracketed"] for p in fit["profiles"])
-    assert 0 < fit["gamma"] < CHINCHILLA.alpha  # the minima's loss falls with C, slower than the offset-free law
+
+
+def test_the_minima_frontier_predicts_the_optimal_loss_beyond_the_sweep():
+    pts = synthetic_points(CHINCHILLA, np.geomspace(1e18, 1e20, 3), sizes=7, noise=0)
+    frontier = fit_frontier(fit_approach2(pts), CHINCHILLA.E)
+    assert frontier["n_minima"] == 3 and frontier["gamma"] > 0
+    for C in (4e20, 1e21):  # 4x and 10x the largest budget
+        N, D = CHINCHILLA.optimal(C)
+        predicted = frontier["E"] + frontier["kL"] * C ** -frontier["gamma"]
+        assert predicted == pytest.approx(float(CHINCHILLA.loss(N, D)), rel=0.01)
+    assert fit_frontier(fit_approach2(pts[:10]), CHINCHILLA.E) is None  # two minima are not a law
 
 
 def test_bootstrap_intervals_cover_the_truth():

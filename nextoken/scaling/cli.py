@@ -96,7 +96,9 @@ def cmd_plan(args, extra) -> int:
         f"compute     {res['flops']:.3e} FLOPs",
         f"params N    {res['params']:.4g}",
         f"tokens D    {res['tokens']:.4g}   ({res['tokens_per_param']:.1f} tokens per parameter)",
-        f"loss        {res['loss']:.4f} nats/token (predicted)",
+        f"loss        {res['loss']:.4f} nats/token (predicted"
+        + (f", from the IsoFLOP minima; approach 3's L(N, D) says {res['loss_parametric']:.4f})"
+           if res["loss_source"] == "isoflop-minima" else ")"),
         f"shape       {s['n_layer']} layers x {s['d_model']} wide, {s['n_head']} heads, context {s['block_size']}, "
         f"vocab {s['vocab_size']}: {s['params_non_embedding']:,} non-embedding / {s['params_total']:,} parameters",
         f"exact       {s['flops_per_token']:.4g} FLOPs per token -> {res['flops_exact']:.3e} FLOPs for D tokens",
@@ -197,10 +199,10 @@ def _print_fit(r: dict, law) -> None:
             lines.append(f"  C {p['flops']:.3g}: no minimum (the profile is not convex)")
     C = max(p["flops"] for p in r["points"])
     N, D = law.optimal(4 * C)
+    L2 = law.optimal_loss(4 * C)
     lines.append(f"at 4x the largest budget ({4 * C:.3g} FLOPs): N {N:.4g}, D {D:.4g} ({D / N:.1f} tokens/param), "
-                 f"predicted loss {law.loss(N, D):.4f}")
-    if "gamma" in a2:
-        L2 = a2["kL"] * (4 * C) ** -a2["gamma"]
-        lines.append(f"  cross-check, the IsoFLOP minima's L_opt ∝ C^-{a2['gamma']:.3f} there: {L2:.4f}")
+                 + (f"predicted loss {L2:.4f} (the IsoFLOP minima's L_opt = E + k·C^-{r['frontier']['gamma']:.3f}); "
+                    f"approach 3 says {law.loss(N, D):.4f}" if L2 is not None else
+                    f"predicted loss {law.loss(N, D):.4f} (approach 3; fewer than 3 IsoFLOP minima)"))
     lines.append(f"wrote {r['fit_json']} and {r['plot']}; next: nextoken plan --fit {r['fit_json']} --flops C")
     _err("\n".join(lines))

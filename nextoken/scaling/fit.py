@@ -185,11 +185,22 @@ def fit_approach2(points: list[dict]) -> dict | None:
     logC = np.log([p["flops"] for p in minima])
     a, log_kN = np.polyfit(logC, np.log([p["params_opt"] for p in minima]), 1)
     b, log_kD = np.polyfit(logC, np.log([p["tokens_opt"] for p in minima]), 1)
-    # The minima's losses as a power of compute, L_opt = kL · C^-gamma (Kaplan et al. 2020, eq. 1.4, without
-    # its offset): a cross-check of approach 3's loss prediction that needs no N/D split.
-    neg_gamma, log_kL = np.polyfit(logC, np.log([p["loss_opt"] for p in minima]), 1)
     return {"a": float(a), "b": float(b), "kN": float(np.exp(log_kN)), "kD": float(np.exp(log_kD)),
-            "gamma": float(-neg_gamma), "kL": float(np.exp(log_kL)), "profiles": profiles}
+            "profiles": profiles}
+
+
+def fit_frontier(a2: dict | None, E: float) -> dict | None:
+    """The minima's losses as a power of compute above the irreducible loss, L_opt(C) = E + kL · C^-gamma
+    (Kaplan et al. 2020, eq. 1.4, with the offset of Henighan et al. 2020), E from approach 3. It predicts
+    the loss of the compute-optimal model from the profiles' minima alone, without approach 3's split of the
+    loss into N and D terms, which three or four budgets cannot pin down (docs/LOG.md, scaling laws).
+    None with fewer than 3 bracketed minima, or where a minimum lies at or below E."""
+    minima = [p for p in (a2 or {}).get("profiles", []) if p.get("bracketed")]
+    if len(minima) < 3 or any(p["loss_opt"] <= E for p in minima):
+        return None
+    logC = np.log([p["flops"] for p in minima])
+    neg_gamma, log_kL = np.polyfit(logC, np.log([p["loss_opt"] - E for p in minima]), 1)
+    return {"E": float(E), "kL": float(np.exp(log_kL)), "gamma": float(-neg_gamma), "n_minima": len(minima)}
 
 
 # ---- both, from points -----------------------------------------------------------------------------
@@ -213,6 +224,7 @@ def fit_points(points: list[dict], bootstrap: int = 100, seed: int = 0) -> dict:
         "a_source": "approach2" if use2 else "approach3",
         "approach2": a2,
         "approach3": a3,
+        "frontier": fit_frontier(a2, a3["E"]),
         "chinchilla": {"alpha": CHINCHILLA.alpha, "beta": CHINCHILLA.beta, "a": CHINCHILLA.a, "b": CHINCHILLA.b},
         "n_points": len(points),
         "points": [{k: p.get(k) for k in ("params", "tokens", "flops", "loss", "budget", "name")} for p in points],

@@ -28,6 +28,17 @@ class FittedLaw:
     law: ParametricLaw
     base: ModelConfig | None
     path: str
+    frontier: tuple[float, float, float] | None = None  # (E, kL, gamma): L_opt(C) = E + kL * C^-gamma
+
+    def optimal_loss(self, C: float) -> float | None:
+        """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
+        (fit.fit_frontier), or None where the fit has fewer than 3 of them. This, not approach 3's L(N, D),
+        is what `plan --fit` predicts: on our CPU sweeps approach 3 left E unidentified and over-predicted
+        the loss at 4x the largest budget by 3.3-3.5%, the minima's law by -0.2 to +2.4% (docs/LOG.md)."""
+        if self.frontier is None:
+            return None
+        E, kL, gamma = self.frontier
+        return E + kL * C**-gamma
 
     @property
     def name(self) -> str:
@@ -74,13 +85,17 @@ def load_fit(path: str | Path) -> FittedLaw:
                             "fit again") from None
     if not all(math.isfinite(v) and v > 0 for v in (law.A, law.B, law.alpha, law.beta)) or not math.isfinite(law.E):
         raise NextokenError(f"--fit {p} holds non-finite or non-positive constants; fit again")
+    fr = data.get("frontier")
+    frontier = None
+    if isinstance(fr, dict) and all(isinstance(fr.get(k), int | float) for k in ("E", "kL", "gamma")):
+        frontier = (float(fr["E"]), float(fr["kL"]), float(fr["gamma"]))
     base = None
     if isinstance(data.get("model"), dict):
         base = ModelConfig()
         for k, v in data["model"].items():
             if hasattr(base, k):
                 setattr(base, k, v)
-    return FittedLaw(law, base, str(p))
+    return FittedLaw(law, base, str(p), frontier)
 
 
 def _check(name: str, value: float | None) -> None:
@@ -142,12 +157,16 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
     else:
         N, D = law.optimal(C)
         N, D = (params if params is not None else N), (tokens if tokens is not None else D)
+    loss = float(law.loss(N, D))
+    frontier = law.optimal_loss(C) if isinstance(law, FittedLaw) else None
     out = {
         "law": law.name,
         "params": float(N),
         "tokens": float(D),
         "flops": float(C),
-        "loss": float(law.loss(N, D)),
+        "loss": frontier if frontier is not None else loss,
+        "loss_source": "isoflop-minima" if frontier is not None else "parametric",
+        "loss_parametric": loss,
         "tokens_per_param": float(D / N),
         "shape": shape,
         "flops_convention": "exact" if exact else "6ND",
