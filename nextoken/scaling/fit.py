@@ -10,10 +10,7 @@ from refitting on bootstrap resamples of the points.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import ctypes
-import itertools
 import json
 import math
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
 
 from nextoken.errors import NextokenError
 from nextoken.scaling.laws import CHINCHILLA, ParametricLaw
@@ -93,36 +91,10 @@ def _as_law(x: np.ndarray, name: str = "fit") -> ParametricLaw:
     return ParametricLaw(name, math.exp(e), math.exp(a), math.exp(b), float(alpha), float(beta))
 
 
-@contextlib.contextmanager
-def single_threaded_blas():
-    """OpenBLAS at one thread while L-BFGS runs: on a 5-parameter problem its threads only wait on each
-    other, and on a busy 2-core machine scipy's L-BFGS-B ran 40x slower with them (docs/LOG.md, scaling).
-    Finds the OpenBLAS builds loaded in this process (numpy's and scipy's); a no-op where it cannot."""
-    restore = []
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and line.strip().endswith(".so")}
-    except OSError:
-        paths = set()
-    for path in sorted(paths):
-        with contextlib.suppress(OSError):
-            lib = ctypes.CDLL(path)
-            for prefix, suffix in itertools.product(("scipy_", ""), ("64_", "")):
-                get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                if get is not None and set_ is not None:
-                    restore.append((set_, get()))
-                    set_(1)
-                    break
-    try:
-        yield
-    finally:
-        for set_, n in restore:
-            set_(n)
-
-
 def fit_approach3(N, D, L, bootstrap: int = 100, seed: int = 0, delta: float = HUBER_DELTA) -> dict:
-    with single_threaded_blas():
+    # BLAS at one thread while L-BFGS runs: on a 5-parameter problem its threads only wait on each other, and
+    # on a busy 2-core machine scipy's L-BFGS-B ran 40x slower with them (docs/LOG.md, scaling).
+    with threadpool_limits(limits=1, user_api="blas"):
         return _fit_approach3(N, D, L, bootstrap, seed, delta)
 
 

@@ -9,6 +9,9 @@ from nextoken.config import ModelConfig
 from nextoken.model.counting import param_counts
 
 ASPECT = 64  # d_model / n_layer
+# A one-layer transformer cannot compose attention heads (no induction heads; Olsson et al. 2022), and its loss
+# lies on another curve: a law fitted on 1-layer CPU sweeps under-predicted a 2-layer model by 6% (docs/LOG.md).
+MIN_LAYERS = 2
 HEAD_SIZE = 64
 WIDTH_STEP = 16
 
@@ -19,8 +22,9 @@ def shape_for_params(n_params: float, base: ModelConfig | None = None) -> ModelC
     Depth and width follow d_model ≈ 64 · n_layer. Kaplan et al. 2020 (§3.1, Fig. 5) find the loss at a
     fixed N within a few percent over aspect ratios d_model / n_layer from about 20 to 200; 64 sits
     in that flat region and is the ratio nanochat derives its widths with. Heads are 64 wide (GPT-2, and
-    Kaplan's d_attn = d_model / n_head ≈ 64). The width moves in steps of 64 (16 below 256, 8 below 64)
-    so that N is hit closely at every size; everything else (vocabulary, context, MLP, norms) comes from `base`.
+    Kaplan's d_attn = d_model / n_head ≈ 64); never fewer than MIN_LAYERS layers. The width moves in steps
+    of 64 (16 below 256, 8 below 64, 4 below 32) so that N is hit closely at every size; everything else
+    (vocabulary, context, MLP, norms) comes from `base`.
     """
     base = base or ModelConfig()
     if not n_params > 0:
@@ -28,13 +32,14 @@ def shape_for_params(n_params: float, base: ModelConfig | None = None) -> ModelC
     per_layer = param_counts(dataclasses.replace(base, n_layer=1, d_model=ASPECT)).non_embedding
     # N ≈ n_layer · c · d_model² with d_model = ASPECT · n_layer, so n_layer ≈ (N / (c · ASPECT²))^(1/3).
     c = per_layer / ASPECT**2
-    n_layer = max(1, round((n_params / (c * ASPECT**2)) ** (1 / 3)))
+    n_layer = max(MIN_LAYERS, round((n_params / (c * ASPECT**2)) ** (1 / 3)))
     width = math.sqrt(n_params / (c * n_layer))
     # wide models: whole 64-wide heads; below 64 wide, steps of 8 keep neighbouring sizes < 2x apart
-    step = HEAD_SIZE if width >= 4 * HEAD_SIZE else WIDTH_STEP if width >= HEAD_SIZE else WIDTH_STEP // 2
+    step = (HEAD_SIZE if width >= 4 * HEAD_SIZE else WIDTH_STEP if width >= HEAD_SIZE
+            else WIDTH_STEP // 2 if width >= HEAD_SIZE // 2 else WIDTH_STEP // 4)
     best = None
     for k in range(-2, 3):
-        d = max(WIDTH_STEP // 2, (round(width / step) + k) * step)
+        d = max(WIDTH_STEP // 4, (round(width / step) + k) * step)
         cfg = dataclasses.replace(base, n_layer=n_layer, d_model=d, n_head=_heads(d, base.pos))
         err = abs(math.log(param_counts(cfg).non_embedding / n_params))
         if best is None or err < best[0]:

@@ -31,27 +31,32 @@ def next_token_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, z_loss: 
 
 
 class _InPlaceCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy whose backward writes the gradient, softmax - onehot, into the logits' own
-    memory. On the CPU the (tokens x vocab) tensors dominate everything but the matmuls: F.cross_entropy
-    writes log-probabilities, a zero-filled gradient and the log-softmax gradient, three fresh tensors
-    of the logits' size each step (each a new mmap and its page faults: 64 MiB at 4096 x 4096); this
-    keeps one. The loss matches F.cross_entropy to fp32 rounding (docs/LOG.md). The caller must not
-    read the logits after backward; a graph that saved them elsewhere would fail the version check."""
+    """Mean cross-entropy that turns the logits into exp(logits - max) in place in the forward and into
+    its gradient, softmax - onehot, in place in the backward. On the CPU the (tokens x vocab) tensors
+    dominate everything but the matmuls: F.cross_entropy writes log-probabilities, a zero-filled gradient
+    and the log-softmax gradient, three fresh tensors of the logits' size each step (each a new mmap and
+    its page faults: 32 MiB at 2048 x 4096), and even torch.logsumexp makes one; this makes none, and
+    exponentiates once. The loss matches F.cross_entropy to fp32 rounding (tests, docs/LOG.md). The logits
+    are consumed: the caller must not read them after the loss (a graph that saved them elsewhere would
+    fail autograd's version check rather than compute a wrong gradient)."""
 
     @staticmethod
     def forward(ctx, logits_NV: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
         keep_N = targets_N != IGNORE_INDEX
         safe_N = targets_N.clamp_min(0)
-        lse_N = torch.logsumexp(logits_NV, dim=-1)
-        nll_N = lse_N - logits_NV.gather(1, safe_N[:, None]).squeeze(1)
+        target_logit_N = logits_NV.gather(1, safe_N[:, None]).squeeze(1)
+        max_N = logits_NV.amax(dim=1)
+        exp_NV = logits_NV.sub_(max_N[:, None]).exp_()  # in place: the logits are ours to consume
+        sum_N = exp_NV.sum(dim=1)
+        nll_N = max_N + sum_N.log() - target_logit_N
         n = keep_N.sum()
-        ctx.save_for_backward(logits_NV, lse_N, safe_N, keep_N, n)
+        ctx.save_for_backward(exp_NV, sum_N, safe_N, keep_N, n)
         return torch.where(keep_N, nll_N, 0.0).sum() / n
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        logits_NV, lse_N, safe_N, keep_N, n = ctx.saved_tensors
-        grad_NV = logits_NV.sub_(lse_N[:, None]).exp_()  # softmax, in place
-        grad_NV.scatter_add_(1, safe_N[:, None], torch.full_like(lse_N, -1.0)[:, None])
-        grad_NV.mul_((keep_N * (grad_out / n))[:, None])
+        exp_NV, sum_N, safe_N, keep_N, n = ctx.saved_tensors
+        scale_N = keep_N * (grad_out / n)
+        grad_NV = exp_NV.mul_((scale_N / sum_N)[:, None])  # softmax * scale, in place
+        grad_NV.scatter_add_(1, safe_N[:, None], -scale_N[:, None])
         return grad_NV, None
