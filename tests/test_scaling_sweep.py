@@ -125,3 +125,14 @@ def test_sweep_dry_run_and_bad_budgets(bytes_data, tmp_path, capsys):
     assert "shorter than" in capsys.readouterr().err
     assert main(["sweep", "--data", str(bytes_data), "--out", str(tmp_path / "s"), "--budgets=-1e9"]) != 0
     assert "positive" in capsys.readouterr().err
+
+
+def test_sweep_in_two_processes_gives_the_points_of_one(bytes_data, tmp_path, capsys):
+    args = ["sweep", "--data", str(bytes_data), "--budgets", "4e8", *SWEEP_ARGS[2:], "--json"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out)["points"]
+    assert main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    two = json.loads(capsys.readouterr().out)["points"]
+    assert [p["name"] for p in one] == [p["name"] for p in two] and len(one) == 3
+    for a, b in zip(one, two, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -49,13 +49,16 @@ def add_parsers(sub) -> None:
     sw.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
     sw.add_argument("--out", required=True, help="sweep directory (rerun the same command to continue)")
     sw.add_argument("--budgets", type=_numbers, default=None,
-                    help="comma-separated FLOP budgets (default 1e11,3e11,1e12: 15-60 minutes on 2 CPU cores)")
-    sw.add_argument("--sizes", type=int, default=5, help="model sizes per budget (default 5)")
-    sw.add_argument("--spread", type=float, default=10.0,
-                    help="ratio of the largest to the smallest N in a budget (default 10)")
-    sw.add_argument("--tokens-per-param", type=float, default=300.0,
-                    help="centre each budget's sizes where D = this x N (default 300, measured on CPU budgets; "
+                    help="comma-separated FLOP budgets (default 1e11,3e11,1e12,3e12: 26 runs, about 16 minutes of "
+                    "one quiet CPU core; half that with --jobs 2)")
+    sw.add_argument("--sizes", type=int, default=7, help="model sizes per budget (default 7)")
+    sw.add_argument("--spread", type=float, default=30.0,
+                    help="ratio of the largest to the smallest N in a budget (default 30)")
+    sw.add_argument("--tokens-per-param", type=float, default=150.0,
+                    help="centre each budget's sizes where D = this x N (default 150, measured on CPU budgets; "
                     "Chinchilla's 20 holds at far larger ones)")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once, each in its own process at --train.threads (default 1 thread)")
     sw.add_argument("--preset", help="base config preset (default scaling: byte-level, 16 x 128 tokens a step)")
     sw.add_argument("--config", help="base config TOML file")
     sw.add_argument("--dry-run", action="store_true", help="print the runs and stop")
@@ -131,9 +134,10 @@ def cmd_sweep(args, extra) -> int:
     if not cfg.data.path:
         cfg.data.path = str(stdlib_data(cfg.data.tokenizer, cfg.data.vocab_size, log=_err))
     cfg.data.path = str(Path(cfg.data.path).resolve())
+    if args.jobs < 1:
+        raise NextokenError(f"--jobs must be >= 1, got {args.jobs}")
     points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread,
-                   args.tokens_per_param, log=_err,
-                   dry_run=args.dry_run)
+                   args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs)
     if args.json:
         print(json.dumps({"sweep": str(args.out), "points": points}))
     elif not args.dry_run:
