@@ -210,7 +210,7 @@ def cmd_train(args, extra) -> int:
     cfg.data.path = str(Path(cfg.data.path).resolve())
     if dist.enabled and not args.out:
         raise ConfigError("a multi-process run needs --out RUN, the one directory all its processes share")
-    out = args.out or f"runs/{args.preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or _new_run_dir(f"runs/{args.preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = train(cfg, out, resume=args.resume)  # its first line says where it trains into
     model = res.pop("model")
     if res.pop("rank", 0) != 0:  # only rank 0 reports, samples and plots
@@ -225,7 +225,7 @@ def cmd_train(args, extra) -> int:
 
     png = plot_run(out)
     _err(f"\nplot: {png}\ncheckpoint: {res['checkpoint']}\n"
-         f"next: nextoken sample {out} --prompt 'def '   |   nextoken eval {out}")
+         f"next: nextoken sample {out} --prompt 'def'   |   nextoken eval {out}")
     return 0
 
 
@@ -236,7 +236,7 @@ def _print_sample(model, run_dir, cfg) -> None:
     if cfg.log.sample_tokens <= 0:
         return
     tok = load_tokenizer(Path(run_dir) / "tokenizer.json")
-    prompt = "def "
+    prompt = "def"
     _err(f"\nsample (temperature 0.8, top-k 50):\n{'-' * 60}")
     sys.stderr.write(prompt)
     for piece in stream_text(tok, model, prompt, cfg.log.sample_tokens, temperature=0.8, top_k=50, seed=0):
@@ -287,6 +287,15 @@ def cmd_sample(args, extra) -> int:
     return 0
 
 
+def _new_run_dir(name: str) -> str:
+    """`name`, or `name-2`, `name-3`, ... when runs started in the same second already took it."""
+    out, n = name, 1
+    while Path(out).exists():
+        n += 1
+        out = f"{name}-{n}"
+    return out
+
+
 def cmd_next(args, extra) -> int:
     from nextoken import inference
     from nextoken.generate import next_token_distribution
@@ -313,7 +322,13 @@ def cmd_next(args, extra) -> int:
         table.add_row(str(i), repr(row["token"]), f"{row['prob']:.4f}", f"{row['neg_log_p']:.3f}",
                       "█" * max(1, round(row["prob"] * 40)))
     con = Console(stderr=True)
+    con.print(f"prompt as {len(dist['prompt_tokens'])} tokens: " + " ".join(repr(t) for t in dist["prompt_tokens"]),
+              markup=False)
     con.print(table)
+    if dist["trailing_space"]:
+        con.print("note: the prompt ends in a space token. This tokenizer glues a space to the word after it "
+                  "(' os' is one token), so training text rarely has a bare space there and the distribution "
+                  "above is skewed; drop the trailing space to see what the model expects next.", markup=False)
     con.print(f"entropy {dist['entropy_nats']:.3f} nats: the model hesitates between about "
               f"{dist['effective_choices']:.1f} tokens (e^H).")
     con.print("Temperature reshapes what sampling draws from; the loss and perplexity are always measured "

@@ -109,5 +109,15 @@ def next_token_distribution(model: GPT, tokenizer, prompt: str, temperature: flo
     values, idx = torch.topk(p, min(top, p.numel()))
     rows = [{"id": int(i), "token": tokenizer.decode([int(i)], skip_special_tokens=False), "prob": float(v),
              "neg_log_p": float(-logp[i])} for v, i in zip(values, idx, strict=True)]
-    return {"prompt": prompt, "temperature": temperature, "entropy_nats": entropy,
-            "effective_choices": math.exp(entropy), "top": rows}
+    pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    return {"prompt": prompt, "prompt_tokens": pieces, "temperature": temperature, "entropy_nats": entropy,
+            "effective_choices": math.exp(entropy), "top": rows,
+            "trailing_space": bool(prompt) and _merges_spaces(tokenizer) and not pieces[-1].strip()}
+
+
+def _merges_spaces(tokenizer) -> bool:
+    """Whether the tokenizer glues a space to the word after it (GPT-2-style BPE: ' os' is one token). Then a
+    prompt that ends in a space ends on a token boundary that training text rarely has, and the next-token
+    distribution after it is skewed: the model expects the space inside the next token, not before it."""
+    return any(len(t) > 1 and t[0] == " " and not t[1].isspace()
+               for t in tokenizer.decode_batch([[i] for i in range(tokenizer.get_vocab_size())]))

@@ -73,3 +73,17 @@ def test_flops_per_token_is_6n_plus_attention():
     n = param_counts(cfg).non_embedding
     assert abs(n - 85e6) / 85e6 < 0.01  # GPT-2 small: ~85M non-embedding parameters
     assert flops_per_token(cfg) == 6 * (n + 50257 * 768) + 12 * 12 * 768 * 1024
+
+
+def test_next_token_distribution_shows_the_prompt_tokens_and_flags_a_trailing_space(bpe_data, bytes_data):
+    from nextoken.config import ModelConfig
+    from nextoken.data.tokenizer import load_tokenizer
+    from nextoken.generate import next_token_distribution
+
+    bpe, raw = load_tokenizer(bpe_data / "tokenizer.json"), load_tokenizer(bytes_data / "tokenizer.json")
+    model = GPT(ModelConfig(n_layer=1, n_head=1, d_model=16, block_size=16, vocab_size=bpe.get_vocab_size()))
+    dist = next_token_distribution(model, bpe, "return alpha ", top=3)
+    assert "".join(dist["prompt_tokens"]) == "return alpha " and dist["trailing_space"]
+    assert not next_token_distribution(model, bpe, "return alpha", top=3)["trailing_space"]
+    small = GPT(ModelConfig(n_layer=1, n_head=1, d_model=16, block_size=16, vocab_size=raw.get_vocab_size()))
+    assert not next_token_distribution(small, raw, "return ", top=3)["trailing_space"]  # bytes: a space is a byte
