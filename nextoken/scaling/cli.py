@@ -36,7 +36,8 @@ def add_parsers(sub) -> None:
     pl.add_argument("--params", type=_number, help="parameters N")
     pl.add_argument("--tokens", type=_number, help="training tokens D")
     pl.add_argument("--law", default="chinchilla", help=f"{', '.join(LAWS)} (default chinchilla)")
-    pl.add_argument("--fit", help="a fit.json from `nextoken fit` (or its sweep directory); overrides --law")
+    pl.add_argument("--fit", help="a fit.json from `nextoken fit` (or its sweep directory); overrides --law. The loss "
+                    "is the power law through the sweep's IsoFLOP minima, approach 3's L(N, D) beside it")
     pl.add_argument("--vocab-size", type=int, default=None, help="vocabulary of the shape (default 4096)")
     pl.add_argument("--block-size", type=int, default=None, help="context of the shape (default 128)")
     pl.add_argument("--tokens-per-s", type=_number, help="training throughput, for the time estimate")
