@@ -115,6 +115,10 @@ def test_fit_and_plan_on_the_sweep(tmp_path_factory, capsys):
     assert plan["params"] == shape["params_non_embedding"]
     assert plan["tokens"] * shape["flops_per_token"] == pytest.approx(8e9, rel=1e-6)
     assert math.isfinite(plan["loss"])
+    train_tokens = res["train_tokens"]  # the sweep's train split, kept in fit.json for plan's warning
+    assert train_tokens > 0 and plan["data_passes"] == pytest.approx(plan["tokens"] / train_tokens)
+    assert main(["plan", "--fit", str(out), "--flops", "8e12"]) == 0  # ~1000x the tokens: past one pass
+    assert "passes over the sweep's" in capsys.readouterr().err
 
 
 def test_sweep_dry_run_and_bad_budgets(bytes_data, tmp_path, capsys):

@@ -6,6 +6,7 @@ Human output goes to stderr; `--json` prints one JSON object on stdout (ARCHITEC
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -107,6 +108,10 @@ def cmd_plan(args, extra) -> int:
         f"vocab {s['vocab_size']}: {s['params_non_embedding']:,} non-embedding / {s['params_total']:,} parameters",
         f"exact       {s['flops_per_token']:.4g} FLOPs per token -> {res['flops_exact']:.3e} FLOPs for D tokens",
     ]
+    if res.get("data_passes", 0) > 1:
+        lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
+                     "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
+                     "expect a higher loss than predicted, or prepare more data")
     if "time_s" in res:
         how = (f"at {args.tokens_per_s:g} tokens/s" if args.tokens_per_s else
                f"on one {args.device} at MFU {args.mfu:g}, exact FLOPs")
@@ -149,6 +154,7 @@ def cmd_sweep(args, extra) -> int:
 # ---- fit -------------------------------------------------------------------------------------------
 
 def cmd_fit(args, extra) -> int:
+    from nextoken.data.prepare import read_manifest
     from nextoken.scaling.fit import fit_points, plot_fit, read_points_csv, write_fit
     from nextoken.scaling.plan import load_fit
     from nextoken.scaling.sweep import collect_points
@@ -169,6 +175,8 @@ def cmd_fit(args, extra) -> int:
     result["flops_convention"] = "exact" if model else "6ND"
     if model:
         result["model"] = model
+        with contextlib.suppress(NextokenError, KeyError, TypeError):  # only a warning in `plan` depends on it
+            result["train_tokens"] = int(read_manifest(base.data.path)["splits"]["train"]["tokens"])
     write_fit(result, out)
     law = load_fit(out)
     plot = plot_fit(result, args.plot or out.with_name("isoflop.png"), law)

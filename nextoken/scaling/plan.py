@@ -29,6 +29,7 @@ class FittedLaw:
     base: ModelConfig | None
     path: str
     frontier: tuple[float, float, float] | None = None  # (E, kL, gamma): L_opt(C) = E + kL * C^-gamma
+    train_tokens: int | None = None  # the sweep's train split: a plan past one pass over it is warned about
 
     def optimal_loss(self, C: float) -> float | None:
         """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
@@ -96,7 +97,8 @@ def load_fit(path: str | Path) -> FittedLaw:
         for k, v in data["model"].items():
             if hasattr(base, k):
                 setattr(base, k, v)
-    return FittedLaw(law, base, str(p), frontier)
+    train_tokens = data.get("train_tokens") if isinstance(data.get("train_tokens"), int) else None
+    return FittedLaw(law, base, str(p), frontier, train_tokens)
 
 
 def _check(name: str, value: float | None) -> None:
@@ -173,6 +175,8 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
         "flops_convention": "exact" if exact else "6ND",
         "flops_exact": float(shape["flops_per_token"] * D),
     }
+    if isinstance(law, FittedLaw) and law.train_tokens:
+        out["train_tokens"], out["data_passes"] = law.train_tokens, float(D / law.train_tokens)
     if tokens_per_s is not None:
         out["time_s"] = D / tokens_per_s
     elif device is not None:
