@@ -112,7 +112,7 @@ def next_token_distribution(model: GPT, tokenizer, prompt: str, temperature: flo
     pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
     return {"prompt": prompt, "prompt_tokens": pieces, "temperature": temperature, "entropy_nats": entropy,
             "effective_choices": math.exp(entropy), "top": rows,
-            "trailing_space": bool(prompt) and _merges_spaces(tokenizer) and not pieces[-1].strip()}
+            "trailing_space": bool(prompt) and not pieces[-1].strip() and _merges_spaces(tokenizer)}
 
 
 def _merges_spaces(tokenizer) -> bool:

@@ -76,7 +76,6 @@ def test_flops_per_token_is_6n_plus_attention():
 
 
 def test_next_token_distribution_shows_the_prompt_tokens_and_flags_a_trailing_space(bpe_data, bytes_data):
-    from nextoken.config import ModelConfig
     from nextoken.data.tokenizer import load_tokenizer
     from nextoken.generate import next_token_distribution
 

@@ -34,7 +34,7 @@ def shape_for_params(n_params: float, base: ModelConfig | None = None) -> ModelC
     c = per_layer / ASPECT**2
     n_layer = max(MIN_LAYERS, round((n_params / (c * ASPECT**2)) ** (1 / 3)))
     width = math.sqrt(n_params / (c * n_layer))
-    # wide models: whole 64-wide heads; below 64 wide, steps of 8 keep neighbouring sizes < 2x apart
+    # wide models: whole 64-wide heads; below 64 wide, steps of 8 (4 below 32) keep neighbouring sizes < 2x apart
     step = (HEAD_SIZE if width >= 4 * HEAD_SIZE else WIDTH_STEP if width >= HEAD_SIZE
             else WIDTH_STEP // 2 if width >= HEAD_SIZE // 2 else WIDTH_STEP // 4)
     best = None

@@ -34,7 +34,7 @@ from nextoken.scaling.shapes import shape_for_params
 # the sampled sizes (docs/LOG.md, "scaling laws again").
 DEFAULT_BUDGETS = (1e11, 3e11, 1e12, 3e12)
 MIN_STEPS = 20
-TOKENS_PER_PARAM = 20  # Chinchilla's ratio (Hoffmann et al. 2022, Table 3); the CLI centres CPU sweeps at 300
+TOKENS_PER_PARAM = 20  # Chinchilla's ratio (Hoffmann et al. 2022, Table 3); the CLI centres CPU sweeps at 150
 
 
 @dataclass
@@ -194,9 +194,7 @@ def _train_run(base: Config, spec: RunSpec, run_dir: Path, log: Callable[[str], 
 
 
 def _worker(base: Config, spec: RunSpec, run_dir: Path, tag: str) -> dict:
-    import torch
-
-    torch.set_num_threads(max(1, base.train.threads))  # `jobs` processes share the cores
+    """One run in a pool process (train.threads, set by the loop's runtime, keeps it to its share of cores)."""
     return _train_run(base, spec, run_dir, lambda m: print(m, file=sys.stderr, flush=True), tag)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,24 +62,20 @@ def make_runtime(cfg: TrainConfig, device: torch.device | None = None) -> Runtim
     return Runtime(device, torch.bfloat16 if bf16 else None, compile_)
 
 
+@functools.cache
 def keep_large_allocations_on_the_heap() -> bool:
     """Serve tensors up to 1 GiB from glibc's heap and never give freed memory back, so that a training step
     reuses the memory of the last one. By default glibc maps every allocation over 32 MiB afresh and unmaps it
     on free: the tiny preset's logits, their gradient and the output layer's result were page-faulted anew
     every step (13,000 faults a step); this way 0, and a step is 9% faster (151 -> 138 ms, three A/B pairs
     on a quiet 2-core box; docs/LOG.md). The same reuse is why PyTorch's CPU tuning guide suggests jemalloc or
-    tcmalloc. A no-op where libc is not glibc. Returns whether it took effect."""
-    global _HEAP_SET
-    if _HEAP_SET is None:
-        _HEAP_SET = False
-        with contextlib.suppress(OSError, AttributeError):
-            mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-            _HEAP_SET = bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    return _HEAP_SET
-
-
-_HEAP_SET: bool | None = None
+    tcmalloc. A no-op where libc is not glibc; done once per process. Returns whether it took effect."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 # Dense (no sparsity) bf16 peaks in FLOP/s from the vendors' data sheets; the first key found in the
