@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prepare", help="text to tokenizer + token shards")
     pr.add_argument("sources", nargs="*", default=["stdlib"],
-                    help="files, directories, globs, .jsonl/.parquet files, or `stdlib` (default)")
+                    help="files, directories, globs, .jsonl/.parquet files, `stdlib` (default) or `stdlib+tests` "
+                         "(with its test suites: twice the text)")
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--tokenizer", default="bpe", help="bpe (trained here), bytes, or a tokenizer.json path")
     pr.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size (default 4096)")

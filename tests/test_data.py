@@ -7,7 +7,7 @@ from conftest import make_corpus
 
 from nextoken.data.loader import BatchSampler, TokenData
 from nextoken.data.prepare import PrepareOptions, prepare
-from nextoken.data.sources import stdlib_files
+from nextoken.data.sources import ReadStats, Source, iter_documents, resolve, stdlib_files
 from nextoken.data.tokenizer import bytes_tokenizer, load_tokenizer, token_byte_lengths, train_bpe
 from nextoken.errors import DataError
 
@@ -132,6 +132,20 @@ def test_stdlib_corpus_excludes_tests():
     files = stdlib_files()
     assert len(files) > 300
     assert not any("test" in p.parts[-2:-1] or "tests" in p.parts for p in files)
+
+
+def test_stdlib_with_tests_adds_the_test_suites_and_skips_non_utf8_files(tmp_path):
+    plain, full = resolve(["stdlib"]), resolve(["stdlib+tests"])
+    assert {s.path for s in plain} < {s.path for s in full}
+    assert all(s.builtin for s in full)
+    # the test suite holds files in other encodings on purpose: a built-in source skips them, a user's fails
+    latin = tmp_path / "latin.py"
+    latin.write_bytes("# caf\u00e9\n".encode("latin-1"))
+    stats = ReadStats()
+    assert list(iter_documents([Source(latin, "text", False, builtin=True)], stats)) == []
+    assert stats.skipped_not_utf8 == [str(latin)]
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        list(iter_documents([Source(latin, "text", False)], ReadStats()))
 
 
 def test_batches_are_teacher_forced_and_deterministic(bytes_data):

@@ -1,5 +1,8 @@
 """Corpus sources: files, directories, globs, .jsonl/.parquet, and the built-in `stdlib` corpus.
 
+`stdlib+tests` is the same corpus with the standard library's own test suites (about twice the
+text: 31.5 MB against 14.4 MB on CPython 3.11), for experiments that need more unique data.
+
 A source yields documents (str). Reading is streaming: one file, one JSON line or one parquet
 record batch at a time, so memory never depends on the corpus size.
 
@@ -34,6 +37,7 @@ class ReadStats:
     bytes_read: int = 0
     replaced: int = 0
     skipped_binary: list[str] = field(default_factory=list)
+    skipped_not_utf8: list[str] = field(default_factory=list)  # built-in sources only
     skipped_empty: int = 0
 
 
@@ -58,16 +62,18 @@ class Source:
     path: Path
     kind: str  # text | jsonl | parquet
     explicit: bool  # named directly by the user (a binary file is then an error, not a skip)
+    builtin: bool = False  # from `stdlib`: a file that is not UTF-8 (the test suite has some on purpose) is skipped
 
 
 def resolve(specs: list[str]) -> list[Source]:
     """Expand files, directories, globs and `stdlib` into a sorted, de-duplicated list of sources."""
     if not specs:
-        raise DataError("no corpus given; pass files, directories, globs, or `stdlib`")
+        raise DataError("no corpus given; pass files, directories, globs, `stdlib` or `stdlib+tests`")
     out: list[Source] = []
     for spec in specs:
-        if spec == "stdlib":
-            out += [Source(p, "text", False) for p in stdlib_files()]
+        if spec in ("stdlib", "stdlib+tests"):
+            out += [Source(p, "text", False, builtin=True)
+                    for p in stdlib_files(include_tests=spec == "stdlib+tests")]
             continue
         p = Path(spec)
         if p.is_dir():
@@ -121,6 +127,14 @@ def _decode(raw: bytes, where: str, utf8: str, stats: ReadStats) -> str:
     return text
 
 
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _looks_binary(raw: bytes) -> bool:
     return b"\x00" in raw[:8192]
 
@@ -138,6 +152,8 @@ def iter_documents(sources: list[Source], stats: ReadStats, text_field: str = "t
                     raise DataError(f"{src.path} looks like a binary file (it holds NUL bytes); "
                                     "pass text files")
                 stats.skipped_binary.append(str(src.path))
+            elif src.builtin and not _is_utf8(raw):
+                stats.skipped_not_utf8.append(str(src.path))
             else:
                 text = _decode(raw, str(src.path), utf8, stats)
                 yield from _emit(text, stats)
