@@ -17,6 +17,7 @@ from nextoken.eval.evaluate import evaluate
 from nextoken.model import GPT, flops_per_token, param_counts
 from nextoken.train import checkpoint as ckpt
 from nextoken.train import distributed
+from nextoken.train.autocompile import choose_compile
 from nextoken.train.logger import Display, MetricsLog
 from nextoken.train.objective import next_token_loss
 from nextoken.train.optim import build_optimizer, lr_at, set_lr
@@ -31,6 +32,7 @@ class TrainState:
     tokens: int = 0  # training tokens consumed
     data_step: int = 0  # loader position: batches drawn so far (a rollback may skip ahead)
     elapsed_s: float = 0.0
+    compiled: bool | None = None  # what `--train.compile auto` chose (a resumed run keeps it)
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
@@ -70,9 +72,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     log = MetricsLog(run_dir, cfg, enabled=d.is_main)
     if resume:
         log.write("event", step=state.step, type="resume", detail=f"from step {state.step}")
-    step_model = torch.compile(step_model) if rt.compile else step_model
     faults = Faults.parse(cfg.stability.inject)
     display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
+    n_seqs = batches.slices[0][1]
+    step_model, choice = choose_compile(
+        model, step_model, setting=t.compile, device=rt.device, autocast=rt.autocast, precision=rt.precision,
+        threads=torch.get_num_threads(), dist=d, parallel=t.parallel, model_hash=cfg.model_hash(),
+        vocab_size=m.vocab_size, micro=(n_seqs, m.block_size), micro_steps=len(batches),
+        steps_left=t.max_steps - state.step, resumed=state.compiled)
+    rt.compile = state.compiled = choice.compiled
+    if t.compile == "auto":
+        log.write("event", step=state.step, type="compile", detail={"reason": choice.reason, **choice.figures})
+        display.message(choice.reason)
     tokens_per_step = t.batch_size * t.grad_accum * m.block_size
     flops_tok = flops_per_token(m)
 
@@ -197,7 +208,7 @@ def _rollback(guard: Guard, state: TrainState, step: int, run_dir: Path, model, 
     branch, so that a later --resume continues from the rolled-back run."""
     trainer = guard.rollback(step, state.data_step, run_dir, model, optimizer)
     ckpt.drop_after(run_dir / "checkpoints", trainer["step"])
-    return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], state.elapsed_s)
+    return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], state.elapsed_s, state.compiled)
 
 
 def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard, rt: Runtime) -> TrainState:
@@ -217,4 +228,5 @@ def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard, rt: Runt
     if "rng.cuda" in tensors and rt.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     guard.load_state_dict(trainer.get("stability", {}))
-    return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], trainer.get("elapsed_s", 0.0))
+    return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], trainer.get("elapsed_s", 0.0),
+                      trainer.get("compiled"))

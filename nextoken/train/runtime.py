@@ -20,7 +20,7 @@ from nextoken.errors import ConfigError
 class Runtime:
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None means plain fp32
-    compile: bool
+    compile: bool  # `on` until the loop's choose_compile decides (autocompile.py)
 
     def autocast(self):
         if self.dtype is None:
@@ -56,10 +56,7 @@ def make_runtime(cfg: TrainConfig, device: torch.device | None = None) -> Runtim
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # auto compiles on CUDA only: on this project's CPUs torch.compile measured slower than eager for the
-    # tiny preset (0.87x) after minutes of compiling (docs/LOG.md, bench/throughput.py)
-    compile_ = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    return Runtime(device, torch.bfloat16 if bf16 else None, compile_)
+    return Runtime(device, torch.bfloat16 if bf16 else None, cfg.compile == "on")
 
 
 @functools.cache

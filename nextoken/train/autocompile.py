@@ -1,0 +1,207 @@
+"""`--train.compile auto`: compile only where this machine measures compiling as faster for this run.
+
+Whether torch.compile pays depends on the device, the shape and the run's length: on CUDA it usually
+wins; on this project's 2-core CPUs it measured 0.87x, 1.16x and 0.96x of eager for the same tiny
+preset on three occasions (docs/LOG.md), and its first compile costs 10-30 s a model. So `auto`:
+
+1. keeps the choice a resumed run made (its numerics then continue as they were);
+2. else uses this machine's earlier measurement of the same model, micro-batch, precision, threads and
+   torch version (a small JSON file in the cache directory), compiling if that measurement saved more
+   over the steps left than compiling cost;
+3. else, when the run is long enough to repay a compile (eager time of the steps left at least
+   PAYBACK_RUNS times the expected compile time), times forward and backward of the real model both
+   ways on a random micro-batch (weights, gradients and RNG state untouched), records the figures, and
+   keeps the faster one (the compile cost is then already paid);
+4. else (a short run) takes the device's usual choice: compiled on CUDA, eager on CPUs.
+
+A compile that fails (inductor on a CPU needs a C++ compiler) falls back to eager with one message.
+Under torchrun every rank measures and the ranks' mean timings decide, so all ranks choose alike.
+The timing makes the choice depend on the machine; `--train.compile on|off` fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nextoken.train.objective import next_token_loss
+
+PAYBACK_RUNS = 10  # measure only when the run's eager time is at least this many expected compile times
+COMPILE_S_PRIOR = {"cpu": 30.0, "cuda": 60.0}  # expected first-compile time before any was measured here
+TIMED_PASSES = 5  # forward+backward passes timed each way (median), after one warm-up
+MARGIN = 0.03  # compiled must be this much faster than eager to count as faster (timing noise)
+
+
+@dataclass
+class Choice:
+    compiled: bool
+    reason: str  # one line for the display and metrics.jsonl
+    figures: dict  # the measurement behind it, if any
+
+
+def cache_file() -> Path:
+    from nextoken.data.builtin import cache_root
+
+    return cache_root() / "compile-choices.json"
+
+
+def machine_key(device: torch.device, precision: str, threads: int, world: int, parallel: str,
+                model_hash: str, micro: tuple[int, int]) -> str:
+    """What a measurement depends on: the same key on the same machine reuses it."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name()
+    return (f"{device.type}:{name}|torch {torch.__version__}|{precision}|threads {threads}|world {world} "
+            f"{parallel}|model {model_hash}|micro {micro[0]}x{micro[1]}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # none yet, or damaged: measure again
+        return {}
+
+
+def write_cache(path: Path, key: str, figures: dict) -> None:
+    """Add one measurement; atomic, and a failure to write (read-only or full disk) only costs a re-measure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = read_cache(path)
+        data[key] = figures
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def decide_from_figures(fig: dict, steps_left: int, sunk: bool) -> bool:
+    """Compile if the compiled step is faster beyond noise and, when compiling is still to be paid
+    (not `sunk`), if it saves more over the steps left than compiling costs."""
+    eager, comp = fig["eager_s"], fig["compiled_s"]
+    if comp is None or comp > eager * (1 - MARGIN):
+        return False
+    return sunk or (eager - comp) * fig["micro_steps"] * steps_left > fig["compile_s"]
+
+
+def choose_compile(model, step_model, *, setting: str, device: torch.device, autocast, precision: str,
+                   threads: int, dist, parallel: str, model_hash: str, vocab_size: int, micro: tuple[int, int],
+                   micro_steps: int, steps_left: int, resumed: bool | None, cache: Path | None = None,
+                   compiler=torch.compile) -> tuple[object, Choice]:
+    """The function to train with (step_model, compiled or not) and why. `micro` is one micro-batch's
+    (sequences, tokens); `micro_steps` the micro-batches per optimizer step."""
+    if setting in ("on", "off"):
+        return _apply(step_model, setting == "on", f"compile {setting} (set)", {}, compiler)
+    if resumed is not None:
+        return _apply(step_model, resumed, f"compile auto: {'compiled' if resumed else 'eager'}, as the run "
+                      "was before it was resumed", {}, compiler)
+    cache = cache or cache_file()
+    key = machine_key(device, precision, threads, dist.world, parallel, model_hash, micro)
+    known = read_cache(cache).get(key)
+    if known:
+        use = decide_from_figures(known, steps_left, sunk=False)
+        return _apply(step_model, use, f"compile auto: {'compiled' if use else 'eager'} from this machine's "
+                      f"measurement ({_describe(known)})", known, compiler)
+
+    batch = _random_batch(micro, vocab_size, device)
+    eager_s = _time_passes(model, step_model, batch, autocast, device)
+    expected_compile = COMPILE_S_PRIOR.get(device.type, 60.0)
+    eager_run_s = dist.mean(torch.tensor(eager_s, device=device)).item() * micro_steps * steps_left
+    if eager_run_s < PAYBACK_RUNS * expected_compile:
+        use = device.type == "cuda"
+        return _apply(step_model, use, f"compile auto: {'compiled' if use else 'eager'} (the {device.type} "
+                      f"default; this run's ~{eager_run_s:.0f} s eager is too short to measure whether a "
+                      f"~{expected_compile:.0f} s compile pays back)", {}, compiler)
+
+    figures = {"eager_s": eager_s, "compiled_s": None, "compile_s": 0.0, "micro_steps": micro_steps,
+               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    compiled_fn, error = None, None
+    try:
+        compiled_fn = compiler(step_model)
+        t0 = time.perf_counter()
+        _passes(model, compiled_fn, batch, autocast, device, 1)  # compiles
+        figures["compile_s"] = time.perf_counter() - t0
+        figures["compiled_s"] = _time_passes(model, compiled_fn, batch, autocast, device)
+    except Exception as e:  # noqa: BLE001 - inductor fails in many ways (no C++ compiler, an unsupported op)
+        error = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        compiled_fn = None
+    if dist.world > 1:  # every rank must choose alike: decide on the ranks' mean
+        if dist.mean(torch.tensor(float(error is not None), device=device)).item() > 0:
+            error = error or "on another rank"
+        else:
+            for k in ("eager_s", "compiled_s"):
+                figures[k] = dist.mean(torch.tensor(figures[k], device=device)).item()
+    if error is not None:
+        model.zero_grad(set_to_none=True)
+        figures.update(compiled_s=None, error=error)
+    use = decide_from_figures(figures, steps_left, sunk=True)
+    if dist.is_main:
+        write_cache(cache, key, figures)
+    how = f"torch.compile failed here: {error}; --train.compile off skips the attempt" if error else _describe(figures)
+    choice = Choice(use, f"compile auto: {'compiled' if use else 'eager'}, measured here ({how})", figures)
+    return (compiled_fn if use else step_model), choice
+
+
+def _apply(step_model, use: bool, reason: str, figures: dict, compiler) -> tuple[object, Choice]:
+    return (compiler(step_model) if use else step_model), Choice(use, reason, figures)
+
+
+def _describe(fig: dict) -> str:
+    if fig.get("compiled_s") is None:
+        return f"torch.compile failed: {fig.get('error', '')}"
+    comp = f"{fig['compiled_s'] * 1e3:.1f} ms"
+    return (f"a micro-batch's forward and backward: eager {fig['eager_s'] * 1e3:.1f} ms, compiled {comp}, "
+            f"compiling {fig.get('compile_s', 0):.0f} s")
+
+
+def _random_batch(micro: tuple[int, int], vocab_size: int, device: torch.device) -> tuple:
+    g = torch.Generator().manual_seed(0)  # not the global RNG: the run's RNG state must not depend on timing
+    x = torch.randint(vocab_size, (micro[0], micro[1] + 1), generator=g)
+    return x[:, :-1].to(device), x[:, 1:].to(device)
+
+
+def _passes(model, fn, batch, autocast, device, n: int) -> None:
+    x, y = batch
+    for _ in range(n):
+        with autocast():
+            logits = fn(x)
+        loss, _ = next_token_loss(logits, y)
+        loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_passes(model, fn, batch, autocast, device) -> float:
+    """Median seconds of one forward+backward, after a warm-up; leaves gradients unset and RNG as it was."""
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    _passes(model, fn, batch, autocast, device, 1)
+    times = []
+    for _ in range(TIMED_PASSES):
+        t0 = time.perf_counter()
+        _passes(model, fn, batch, autocast, device, 1)
+        times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    return statistics.median(times)
