@@ -20,9 +20,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    fused = device.type == "cuda"
+    # Fused (one kernel over all parameters) on CUDA and on CPUs: on the tiny preset's 1.3M parameters a CPU
+    # step takes 0.5 ms fused against 2.3 ms with the default multi-tensor (foreach) code (docs/LOG.md).
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, fused=fused or None)
+                             eps=cfg.eps, fused=device.type in ("cuda", "cpu") or None)
 
 
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
