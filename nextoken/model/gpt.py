@@ -64,11 +64,14 @@ class Attention(nn.Module):
     def forward(self, x_BTD, rope=None, cache: KVCache | None = None):
         B, T, D = x_BTD.shape
         H = self.cfg.n_head
-        q_BHTK, k_BHTK, v_BHTK = (
-            t.view(B, T, H, D // H).transpose(1, 2) for t in self.qkv(x_BTD).split(D, dim=2)
-        )
+        qkv_BT3D = self.qkv(x_BTD)
+        v_BHTK = qkv_BT3D[..., 2 * D:].view(B, T, H, D // H).transpose(1, 2)
+        # queries and keys side by side as 2H heads: RoPE rotates both in one pass (half the elementwise ops;
+        # the same arithmetic per element, so the same results)
+        qk_BGTK = qkv_BT3D[..., :2 * D].view(B, T, 2 * H, D // H).transpose(1, 2)
         if rope is not None:
-            q_BHTK, k_BHTK = apply_rope(q_BHTK, *rope), apply_rope(k_BHTK, *rope)
+            qk_BGTK = apply_rope(qk_BGTK, *rope)
+        q_BHTK, k_BHTK = qk_BGTK.split(H, dim=1)
         mask = None
         causal = True
         if cache is not None:
