@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import shutil
 
 import pytest
@@ -119,6 +120,15 @@ def test_fit_and_plan_on_the_sweep(tmp_path_factory, capsys):
     assert train_tokens > 0 and plan["data_passes"] == pytest.approx(plan["tokens"] / train_tokens)
     assert main(["plan", "--fit", str(out), "--flops", "8e12"]) == 0  # ~1000x the tokens: past one pass
     assert "passes over the sweep's" in capsys.readouterr().err
+
+    # the printed command trains the planned model as the sweep trained its own: same data, batch, rules
+    assert plan["steps"] * plan["tokens_per_step"] == pytest.approx(plan["tokens"], rel=0.05)
+    run = tmp_path_factory.mktemp("check") / "run"
+    argv = shlex.split(plan["train_command"].replace(" RUN ", f" {run} "))
+    assert argv[:2] == ["nextoken", "train"]
+    assert main(argv[1:] + ["--json", "--train.eval_tokens", "256", "--log.progress", "off"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["step"] == plan["steps"] and trained["tokens"] == plan["steps"] * plan["tokens_per_step"]
 
 
 def test_sweep_dry_run_and_bad_budgets(bytes_data, tmp_path, capsys):

@@ -112,6 +112,9 @@ def cmd_plan(args, extra) -> int:
         lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
                      "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
                      "expect a higher loss than predicted, or prepare more data")
+    if "train_command" in res:
+        lines.append(f"train       {res['steps']:,} steps of the sweep's {res['tokens_per_step']:,} tokens, trained as "
+                     f"its runs were:\n            {res['train_command']}")
     if "time_s" in res:
         how = (f"at {args.tokens_per_s:g} tokens/s" if args.tokens_per_s else
                f"on one {args.device} at MFU {args.mfu:g}, exact FLOPs")
@@ -177,6 +180,11 @@ def cmd_fit(args, extra) -> int:
         result["model"] = model
         with contextlib.suppress(NextokenError, KeyError, TypeError):  # only a warning in `plan` depends on it
             result["train_tokens"] = int(read_manifest(base.data.path)["splits"]["train"]["tokens"])
+        if points:  # how `plan` can print the command that trains its model the way the sweep trained its own
+            largest = max(points, key=lambda p: (p["budget"], p["params"]))
+            result["train"] = {"config": str((Path(args.sweep) / largest["name"] / "config.toml").resolve()),
+                               "tokens_per_step": base.train.batch_size * base.train.grad_accum
+                               * base.model.block_size, "warmup_steps": base.optim.warmup_steps}
     write_fit(result, out)
     law = load_fit(out)
     plot = plot_fit(result, args.plot or out.with_name("isoflop.png"), law)

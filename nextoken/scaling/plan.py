@@ -30,6 +30,7 @@ class FittedLaw:
     path: str
     frontier: tuple[float, float, float] | None = None  # (E, kL, gamma): L_opt(C) = E + kL * C^-gamma
     train_tokens: int | None = None  # the sweep's train split: a plan past one pass over it is warned about
+    train: dict | None = None  # a sweep run's config.toml, tokens per step, base warmup: how the sweep trained
 
     def optimal_loss(self, C: float) -> float | None:
         """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
@@ -98,7 +99,11 @@ def load_fit(path: str | Path) -> FittedLaw:
             if hasattr(base, k):
                 setattr(base, k, v)
     train_tokens = data.get("train_tokens") if isinstance(data.get("train_tokens"), int) else None
-    return FittedLaw(law, base, str(p), frontier, train_tokens)
+    train = data.get("train")
+    if not (isinstance(train, dict) and isinstance(train.get("config"), str)
+            and isinstance(train.get("tokens_per_step"), int) and isinstance(train.get("warmup_steps"), int)):
+        train = None
+    return FittedLaw(law, base, str(p), frontier, train_tokens, train)
 
 
 def _check(name: str, value: float | None) -> None:
@@ -177,6 +182,14 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
     }
     if isinstance(law, FittedLaw) and law.train_tokens:
         out["train_tokens"], out["data_passes"] = law.train_tokens, float(D / law.train_tokens)
+    if isinstance(law, FittedLaw) and law.train and exact:  # the sweep's own rules (sweep.run_config)
+        tps = law.train["tokens_per_step"]
+        steps = max(1, round(D / tps))
+        warmup = min(law.train["warmup_steps"], max(1, steps // 10))
+        out.update(steps=steps, tokens_per_step=tps, train_command=(
+            f"nextoken train --config {law.train['config']} --out RUN --model.n_layer {cfg.n_layer} "
+            f"--model.n_head {cfg.n_head} --model.d_model {cfg.d_model} --train.max_steps {steps} "
+            f"--optim.warmup_steps {warmup} --train.ckpt_every {max(1, steps // 4)}"))
     if tokens_per_s is not None:
         out["time_s"] = D / tokens_per_s
     elif device is not None:
