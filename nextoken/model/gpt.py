@@ -29,9 +29,12 @@ def rope_tables(K: int, T: int, base: float, device=None) -> tuple[torch.Tensor,
 
 
 def apply_rope(x_BHTK: torch.Tensor, cos_TK: torch.Tensor, sin_TK: torch.Tensor) -> torch.Tensor:
-    # Rotate pairs (first half, second half) of each head's channels.
-    x1, x2 = x_BHTK.float().chunk(2, dim=-1)
-    out = torch.cat([x1 * cos_TK - x2 * sin_TK, x1 * sin_TK + x2 * cos_TK], dim=-1)
+    # Rotate pairs (first half, second half) of each head's channels: (x1 cos - x2 sin, x2 cos + x1 sin),
+    # written as x * [cos, cos] + [x2, x1] * [-sin, sin]: the same roundings (negation is exact, addition
+    # commutes), in four passes over x instead of seven (the two small tables cost nothing).
+    x = x_BHTK.float()
+    x1, x2 = x.chunk(2, dim=-1)
+    out = x * torch.cat([cos_TK, cos_TK], dim=-1) + torch.cat([x2, x1], dim=-1) * torch.cat([-sin_TK, sin_TK], dim=-1)
     return out.type_as(x_BHTK)
 
 
@@ -64,11 +67,12 @@ class Attention(nn.Module):
     def forward(self, x_BTD, rope=None, cache: KVCache | None = None):
         B, T, D = x_BTD.shape
         H = self.cfg.n_head
-        qkv_BT3D = self.qkv(x_BTD)
-        v_BHTK = qkv_BT3D[..., 2 * D:].view(B, T, H, D // H).transpose(1, 2)
         # queries and keys side by side as 2H heads: RoPE rotates both in one pass (half the elementwise ops;
-        # the same arithmetic per element, so the same results)
-        qk_BGTK = qkv_BT3D[..., :2 * D].view(B, T, 2 * H, D // H).transpose(1, 2)
+        # the same arithmetic per element, so the same results). One split, not two slices: the backward of a
+        # slice zero-fills a tensor of the whole qkv's size, a split's just concatenates.
+        qk_BT2D, v_BTD = self.qkv(x_BTD).split([2 * D, D], dim=2)
+        v_BHTK = v_BTD.view(B, T, H, D // H).transpose(1, 2)
+        qk_BGTK = qk_BT2D.view(B, T, 2 * H, D // H).transpose(1, 2)
         if rope is not None:
             qk_BGTK = apply_rope(qk_BGTK, *rope)
         q_BHTK, k_BHTK = qk_BGTK.split(H, dim=1)
