@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import make_corpus
 
-from nextoken.data.loader import BatchSampler, TokenData
+from nextoken.data.loader import BatchSampler, TokenData, eval_windows
 from nextoken.data.prepare import PrepareOptions, prepare
 from nextoken.data.sources import ReadStats, Source, iter_documents, resolve, stdlib_files
 from nextoken.data.tokenizer import bytes_tokenizer, load_tokenizer, token_byte_lengths, train_bpe
@@ -146,6 +146,20 @@ def test_stdlib_with_tests_adds_the_test_suites_and_skips_non_utf8_files(tmp_pat
     assert stats.skipped_not_utf8 == [str(latin)]
     with pytest.raises(DataError, match="not valid UTF-8"):
         list(iter_documents([Source(latin, "text", False)], ReadStats()))
+
+
+def test_partial_evaluation_spreads_its_windows_over_the_whole_split(bytes_data):
+    data = TokenData(bytes_data, "train")
+    T = 16
+    whole = [x for x, _ in eval_windows(data, T, 0)]
+    assert len(whole) * T > data.n_tokens - len(data.shards) * 2 * T  # every full window of every shard
+    part = [x for x, _ in eval_windows(data, T, 10 * T)]
+    assert len(part) == 10
+    index = {tuple(w.tolist()): i for i, w in enumerate(whole)}
+    picked = [index[tuple(w.tolist())] for w in part]  # each a window of the whole evaluation, evenly spaced
+    assert picked == [j * len(whole) // 10 for j in range(10)]
+    assert picked[-1] > 0.8 * len(whole)  # not the split's first documents
+    assert len([x for x, _ in eval_windows(data, T, T + 1)]) == 2
 
 
 def test_batches_are_teacher_forced_and_deterministic(bytes_data):
