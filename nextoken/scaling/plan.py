@@ -35,9 +35,9 @@ class FittedLaw:
     def optimal_loss(self, C: float) -> float | None:
         """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
         (fit.fit_frontier), or None where the fit has fewer than 3 of them. This, not approach 3's L(N, D),
-        is what `plan --fit` predicts: on four CPU sweeps, checked at 4x their largest budget, it was off by
-        +2.4, -0.2, +6.5 and -3.0%, approach 3 (whose E those sweeps leave unidentified) by +3.3, +3.5, +9.1
-        and -2.3% (docs/LOG.md, "scaling laws again")."""
+        is what `plan --fit` predicts: on five CPU sweeps, checked at 4x their largest budget, it was off by
+        +2.4, -0.2, +6.5, -3.0 and -3.7%, approach 3 (whose E the first four leave unidentified) by +3.3, +3.5,
+        +9.1, -2.3 and -0.8% (docs/LOG.md, "scaling laws again" and "on twice the data")."""
         if self.frontier is None:
             return None
         E, kL, gamma = self.frontier
