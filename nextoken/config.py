@@ -310,8 +310,8 @@ def validate(cfg: Config) -> None:
 def _tiny(cfg: Config) -> None:
     # The default run, chosen by measurement on the 2-core CPU (docs/LOG.md, "tiny preset"): BPE-4096 on
     # stdlib code, 4 x 128, context 128, RoPE. At these budgets the model is short of updates, not of data,
-    # so 16 sequences a step (half the default) for 1500 steps: 3.1M tokens, 1.65 bits per byte after
-    # 232 s of training at ~13k tokens/s on a quiet 2-core box.
+    # so 16 sequences a step (half the default) for 1500 steps: 3.1M tokens, 1.66 bits per byte after
+    # 232-239 s of training at ~13k tokens/s on a quiet 2-core box.
     cfg.model.pos = "rope"
     cfg.optim.warmup_steps = 50
     cfg.train.max_steps, cfg.train.batch_size = 1500, 16
