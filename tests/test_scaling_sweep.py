@@ -11,9 +11,10 @@ import pytest
 
 import nextoken.train.loop as loop
 from nextoken.cli import main
+from nextoken.config import build_config
 from nextoken.errors import NextokenError
 from nextoken.scaling.flops import training_flops_per_token
-from nextoken.scaling.sweep import collect_points, read_plan, run_config, sweep
+from nextoken.scaling.sweep import collect_points, plan_sweep, read_plan, run_config, sweep
 
 SWEEP_ARGS = ["--budgets", "4e8,1e9", "--sizes", "3", "--spread", "6", "--tokens-per-param", "1",
               "--model.block_size", "32", "--train.batch_size", "4", "--train.eval_tokens", "2048",
@@ -139,6 +140,20 @@ def test_sweep_dry_run_and_bad_budgets(bytes_data, tmp_path, capsys):
     assert "shorter than" in capsys.readouterr().err
     assert main(["sweep", "--data", str(bytes_data), "--out", str(tmp_path / "s"), "--budgets=-1e9"]) != 0
     assert "positive" in capsys.readouterr().err
+    assert main(["sweep", "--data", str(bytes_data), "--out", str(tmp_path / "s"), "--seeds", "0"]) != 0
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_seeds_repeat_each_size_with_another_seed(bytes_data):
+    base = build_config("scaling")
+    base.data.path, base.model.vocab_size, base.model.block_size = str(bytes_data), 257, 32
+    one = plan_sweep(base, [1e9], 3, 6, 1.0)
+    two = plan_sweep(base, [1e9], 3, 6, 1.0, seeds=2)
+    assert [s.name for s in two[::2]] == [s.name for s in one]  # seed 0 keeps the names of a one-seed sweep
+    assert [s.name for s in two[1::2]] == [s.name + "-s1" for s in one]
+    assert all(a.params == b.params and a.max_steps == b.max_steps for a, b in zip(two[::2], two[1::2], strict=True))
+    seeds = [run_config(base, s).train.seed for s in two[:2]]
+    assert seeds == [base.train.seed, base.train.seed + 1]
 
 
 def test_sweep_in_two_processes_gives_the_points_of_one(bytes_data, tmp_path, capsys):

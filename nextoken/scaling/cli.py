@@ -59,6 +59,9 @@ def add_parsers(sub) -> None:
     sw.add_argument("--tokens-per-param", type=float, default=150.0,
                     help="centre each budget's sizes where D = this x N (default 150, measured on CPU budgets; "
                     "Chinchilla's 20 holds at far larger ones)")
+    sw.add_argument("--seeds", type=int, default=1,
+                    help="runs per size with different seeds (default 1); the fit sees each size's scatter, which at "
+                    "CPU budgets is about as large as the differences between neighbouring sizes")
     sw.add_argument("--jobs", type=int, default=1,
                     help="runs trained at once, each in its own process at --train.threads (default 1 thread)")
     sw.add_argument("--preset", help="base config preset (default scaling: byte-level, 16 x 128 tokens a step)")
@@ -146,7 +149,7 @@ def cmd_sweep(args, extra) -> int:
     if args.jobs < 1:
         raise NextokenError(f"--jobs must be >= 1, got {args.jobs}")
     points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread,
-                   args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs)
+                   args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs, seeds=args.seeds)
     if args.json:
         print(json.dumps({"sweep": str(args.out), "points": points}))
     elif not args.dry_run:

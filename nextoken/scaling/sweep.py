@@ -49,6 +49,7 @@ class RunSpec:
     max_steps: int
     tokens: int  # D: max_steps * tokens per step
     flops: float  # the exact training FLOPs: tokens * training_flops_per_token
+    seed: int = 0  # added to the base seed: repeats of one size with other inits and data orders
 
 
 def _centre(budget: float, base: Config, tokens_per_param: float) -> float:
@@ -67,9 +68,12 @@ def _centre(budget: float, base: Config, tokens_per_param: float) -> float:
 
 def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float = 16.0,
                tokens_per_param: float = TOKENS_PER_PARAM,
-               log: Callable[[str], None] = lambda m: None) -> list[RunSpec]:
+               log: Callable[[str], None] = lambda m: None, seeds: int = 1) -> list[RunSpec]:
     """`sizes` shapes per budget, spaced evenly in log N over a factor `spread`, centred on 20 tokens
-    per parameter (default 20); each trained for budget / its FLOPs per token, rounded to whole steps."""
+    per parameter (default 20); each trained for budget / its FLOPs per token, rounded to whole steps,
+    `seeds` times with different seeds (the fit then sees each size's scatter and averages it)."""
+    if seeds < 1:
+        raise NextokenError(f"--seeds must be >= 1, got {seeds}")
     if sizes < 3:
         raise NextokenError(f"--sizes must be >= 3 (a parabola needs three points), got {sizes}")
     if spread <= 1:
@@ -97,9 +101,10 @@ def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float
                 log(f"budget {budget:.2g}: skipping {cfg.n_layer}x{cfg.d_model} ({steps} steps < {MIN_STEPS})")
                 continue
             tokens = steps * tokens_per_step
-            runs.append(RunSpec(f"c{budget:.2e}-n{counts.non_embedding:09d}".replace("+", ""), budget,
-                                cfg.n_layer, cfg.n_head, cfg.d_model, counts.non_embedding, counts.total,
-                                steps, tokens, tokens * fpt))
+            name = f"c{budget:.2e}-n{counts.non_embedding:09d}".replace("+", "")
+            runs += [RunSpec(name + (f"-s{seed}" if seed else ""), budget, cfg.n_layer, cfg.n_head, cfg.d_model,
+                             counts.non_embedding, counts.total, steps, tokens, tokens * fpt, seed)
+                     for seed in range(seeds)]
     return runs
 
 
@@ -107,6 +112,7 @@ def run_config(base: Config, spec: RunSpec) -> Config:
     cfg = copy.deepcopy(base)
     cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model = spec.n_layer, spec.n_head, spec.d_model
     cfg.train.max_steps = spec.max_steps
+    cfg.train.seed = base.train.seed + spec.seed
     cfg.optim.warmup_steps = min(base.optim.warmup_steps, max(1, spec.max_steps // 10))
     cfg.train.eval_every = 0  # one evaluation, at the end of the schedule
     cfg.train.ckpt_every = max(1, spec.max_steps // 4)
@@ -134,13 +140,13 @@ def finished_result(run_dir: Path, max_steps: int) -> dict | None:
 
 def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, spread: float = 16.0,
           tokens_per_param: float = TOKENS_PER_PARAM, log: Callable[[str], None] = print,
-          dry_run: bool = False, jobs: int = 1) -> list[dict]:
+          dry_run: bool = False, jobs: int = 1, seeds: int = 1) -> list[dict]:
     """Train (or continue) the IsoFLOP sweep in `out`, `jobs` runs at a time; one point per run."""
     out = Path(out)
     manifest = read_manifest(base.data.path)
     base = copy.deepcopy(base)
     base.model.vocab_size = base.model.vocab_size or manifest["vocab_size"]
-    specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log)
+    specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log, seeds)
     if not specs:
         raise NextokenError("every run of this sweep is shorter than "
                             f"{MIN_STEPS} steps; raise --budgets or lower --train.batch_size")
@@ -148,7 +154,8 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, s
     log(f"sweep: {len(specs)} runs over {len(budgets)} budgets, {total:.3g} FLOPs in all")
     for s in specs:
         log(f"  {s.name}: {s.n_layer} layers x {s.d_model} ({s.n_head} heads), N {s.params:,}, "
-            f"{s.max_steps} steps, D {s.tokens:,} tokens ({s.tokens / s.params:.1f}/param)")
+            f"{s.max_steps} steps, D {s.tokens:,} tokens ({s.tokens / s.params:.1f}/param)"
+            + (f", seed +{s.seed}" if s.seed else ""))
     if dry_run:
         return []
     _write_plan(out, base, specs)
