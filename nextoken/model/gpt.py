@@ -1,7 +1,7 @@
 """A decoder-only transformer (GPT-2 family, with the common modern options).
 
 Shape suffixes: B batch, T time (positions), D d_model, H heads, K head size (D/H), V vocab,
-F MLP hidden width, S positions held in the KV-cache.
+F MLP hidden width, S positions held in the KV-cache, G = 2H query and key heads side by side.
 """
 
 from __future__ import annotations
