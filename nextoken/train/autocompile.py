@@ -15,7 +15,8 @@ preset on three occasions (docs/LOG.md), and its first compile costs 10-30 s a m
 4. else (a short run) takes the device's usual choice: compiled on CUDA, eager on CPUs.
 
 A compile that fails (inductor on a CPU needs a C++ compiler) falls back to eager with one message.
-Under torchrun every rank measures and the ranks' mean timings decide, so all ranks choose alike.
+Under torchrun the ranks use cached measurements only if every rank has one (and compile only if all of them
+say so); otherwise every rank measures and the ranks' mean timings decide, so all ranks choose alike.
 The timing makes the choice depend on the machine; `--train.compile on|off` fixes it.
 """
 
@@ -117,8 +118,10 @@ def choose_compile(model, step_model, *, setting: str, device: torch.device, aut
     cache = cache or cache_file()
     key = machine_key(device, precision, threads, dist.world, parallel, model_hash, micro)
     known = read_cache(cache).get(key)
+    if not _every_rank(dist, known is not None, device):  # ranks with their own caches measure together
+        known = None
     if known:
-        use = decide_from_figures(known, steps_left, sunk=False)
+        use = _every_rank(dist, decide_from_figures(known, steps_left, sunk=False), device)
         return _apply(step_model, use, f"compile auto: {'compiled' if use else 'eager'} from this machine's "
                       f"measurement ({_describe(known)})", known, compiler)
 
@@ -144,12 +147,11 @@ def choose_compile(model, step_model, *, setting: str, device: torch.device, aut
     except Exception as e:  # noqa: BLE001 - inductor fails in many ways (no C++ compiler, an unsupported op)
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         compiled_fn = None
-    if dist.world > 1:  # every rank must choose alike: decide on the ranks' mean
-        if dist.mean(torch.tensor(float(error is not None), device=device)).item() > 0:
-            error = error or "on another rank"
-        else:
-            for k in ("eager_s", "compiled_s"):
-                figures[k] = dist.mean(torch.tensor(figures[k], device=device)).item()
+    if not _every_rank(dist, error is None, device):
+        error = error or "on another rank"
+    elif dist.world > 1:  # every rank must choose alike: decide on the ranks' mean timings
+        for k in ("eager_s", "compiled_s"):
+            figures[k] = dist.mean(torch.tensor(figures[k], device=device)).item()
     if error is not None:
         model.zero_grad(set_to_none=True)
         figures.update(compiled_s=None, error=error)
@@ -159,6 +161,12 @@ def choose_compile(model, step_model, *, setting: str, device: torch.device, aut
     how = f"torch.compile failed here: {error}; --train.compile off skips the attempt" if error else _describe(figures)
     choice = Choice(use, f"compile auto: {'compiled' if use else 'eager'}, measured here ({how})", figures)
     return (compiled_fn if use else step_model), choice
+
+
+def _every_rank(dist, flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on every rank (one all-reduce under torchrun), so that all ranks take the same
+    branch: a rank that skipped a collective the others entered would hang the job."""
+    return flag if dist.world == 1 else dist.mean(torch.tensor(float(flag), device=device)).item() == 1.0
 
 
 def _apply(step_model, use: bool, reason: str, figures: dict, compiler) -> tuple[object, Choice]:

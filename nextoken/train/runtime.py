@@ -20,7 +20,7 @@ from nextoken.errors import ConfigError
 class Runtime:
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None means plain fp32
-    compile: bool  # `on` until the loop's choose_compile decides (autocompile.py)
+    compile: bool  # whether the step is compiled: set by the loop from autocompile.choose_compile
 
     def autocast(self):
         if self.dtype is None:
