@@ -182,14 +182,16 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
     }
     if isinstance(law, FittedLaw) and law.train_tokens:
         out["train_tokens"], out["data_passes"] = law.train_tokens, float(D / law.train_tokens)
-    if isinstance(law, FittedLaw) and law.train and exact:  # the sweep's own rules (sweep.run_config)
+    if isinstance(law, FittedLaw) and law.train and exact:
+        from nextoken.scaling.sweep import run_schedule
+
         tps = law.train["tokens_per_step"]
         steps = max(1, round(D / tps))
-        warmup = min(law.train["warmup_steps"], max(1, steps // 10))
+        warmup, ckpt_every = run_schedule(law.train["warmup_steps"], steps)
         out.update(steps=steps, tokens_per_step=tps, train_command=(
             f"nextoken train --config {law.train['config']} --out RUN --model.n_layer {cfg.n_layer} "
             f"--model.n_head {cfg.n_head} --model.d_model {cfg.d_model} --train.max_steps {steps} "
-            f"--optim.warmup_steps {warmup} --train.ckpt_every {max(1, steps // 4)}"))
+            f"--optim.warmup_steps {warmup} --train.ckpt_every {ckpt_every}"))
     if tokens_per_s is not None:
         out["time_s"] = D / tokens_per_s
     elif device is not None:

@@ -108,14 +108,19 @@ def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float
     return runs
 
 
+def run_schedule(base_warmup: int, max_steps: int) -> tuple[int, int]:
+    """(warmup steps, steps between checkpoints) of a run of `max_steps`: warmup at most a tenth of the run,
+    four checkpoints. Also how `plan --fit` writes the command that trains its model like the sweep's."""
+    return min(base_warmup, max(1, max_steps // 10)), max(1, max_steps // 4)
+
+
 def run_config(base: Config, spec: RunSpec) -> Config:
     cfg = copy.deepcopy(base)
     cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model = spec.n_layer, spec.n_head, spec.d_model
     cfg.train.max_steps = spec.max_steps
     cfg.train.seed = base.train.seed + spec.seed
-    cfg.optim.warmup_steps = min(base.optim.warmup_steps, max(1, spec.max_steps // 10))
+    cfg.optim.warmup_steps, cfg.train.ckpt_every = run_schedule(base.optim.warmup_steps, spec.max_steps)
     cfg.train.eval_every = 0  # one evaluation, at the end of the schedule
-    cfg.train.ckpt_every = max(1, spec.max_steps // 4)
     cfg.train.keep = 1
     cfg.train.log_every = max(cfg.train.log_every, spec.max_steps // 50)
     cfg.log.progress, cfg.log.sample_tokens = "off", 0
