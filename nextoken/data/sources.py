@@ -127,14 +127,6 @@ def _decode(raw: bytes, where: str, utf8: str, stats: ReadStats) -> str:
     return text
 
 
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _looks_binary(raw: bytes) -> bool:
     return b"\x00" in raw[:8192]
 
@@ -152,11 +144,15 @@ def iter_documents(sources: list[Source], stats: ReadStats, text_field: str = "t
                     raise DataError(f"{src.path} looks like a binary file (it holds NUL bytes); "
                                     "pass text files")
                 stats.skipped_binary.append(str(src.path))
-            elif src.builtin and not _is_utf8(raw):
-                stats.skipped_not_utf8.append(str(src.path))
             else:
-                text = _decode(raw, str(src.path), utf8, stats)
-                yield from _emit(text, stats)
+                try:
+                    text = _decode(raw, str(src.path), "strict" if src.builtin else utf8, stats)
+                except DataError:
+                    if not src.builtin:
+                        raise
+                    stats.skipped_not_utf8.append(str(src.path))
+                else:
+                    yield from _emit(text, stats)
         elif src.kind == "jsonl":
             yield from _iter_jsonl(src.path, text_field, utf8, stats)
         else:
