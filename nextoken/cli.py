@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         if extra and args.cmd != "train" and not getattr(args, "config_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         handler = COMMANDS.get(args.cmd) or getattr(args, "handler", None)
-        return handler(args, extra) or 0
+        code = handler(args, extra) or 0
+        if (distributed := sys.modules.get("nextoken.train.distributed")) is not None:
+            distributed.shutdown()  # after a failure the process exits without it: a peer may be gone
+        return code
     except NextokenError as e:
         if args.debug:
             raise

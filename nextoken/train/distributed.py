@@ -75,6 +75,15 @@ class Dist:
 _STATE: Dist | None = None
 
 
+def shutdown() -> None:
+    """Leave the job at a clean end. Without this, Gloo's worker threads can outlive the interpreter and the
+    process dies with SIGABRT ("terminate called without an active exception") after a successful run."""
+    global _STATE
+    if _STATE is not None:
+        _STATE.close()
+    _STATE = None
+
+
 def world_from_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) as torchrun (or any launcher using its variables) sets them."""
     try:
