@@ -49,8 +49,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=3, help="steps before timing (compilation happens here)")
     p.add_argument("--batch-size", type=int, help="sequences per micro-batch (default: the preset's 16)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default 1)")
-    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--grad-accum", type=int, help="micro-batches per step (default: the preset's 32; 2 with --small)")
+    p.add_argument("--compile", default="on", choices=("auto", "on", "off"),
+                   help="default on: what `auto` picks for the preset's full-length run (a short benchmark "
+                        "run would stay eager under auto, its compile being longer than the run)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -61,7 +63,8 @@ def main() -> None:
         m.n_layer, m.n_head, m.d_model, m.block_size = 2, 2, 128, 128
         t.batch_size = 2
     t.batch_size = args.batch_size or t.batch_size
-    t.grad_accum, t.compile = args.grad_accum, args.compile
+    t.grad_accum = args.grad_accum or (2 if args.small else t.grad_accum)
+    t.compile = args.compile
     t.max_steps, t.log_every, t.eval_every, t.ckpt_every, t.eval_tokens = args.warmup + args.steps, 1, 0, 0, 4096
     cfg.optim.warmup_steps = 1
     cfg.log.progress, cfg.log.sample_tokens = "off", 0

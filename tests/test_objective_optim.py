@@ -113,6 +113,7 @@ def test_gradient_accumulation_equals_one_larger_batch():
 
     from nextoken.config import Config
     from nextoken.train.distributed import Dist, rank_slices
+    from nextoken.train.objective import loss_fn
     from nextoken.train.runtime import DeviceBatches, make_runtime
     from nextoken.train.stability import Faults
 
@@ -123,7 +124,8 @@ def test_gradient_accumulation_equals_one_larger_batch():
         cfg.train.batch_size, cfg.train.grad_accum = bs, accum
         rt, one = make_runtime(cfg.train), Dist()  # one process: its slice is the whole batch
         batches = DeviceBatches(Sampler(), bs * accum, rank_slices(bs, accum, one), rt.device)
-        loss, norm = _forward_backward(model, batches, 0, cfg, rt, Faults(), one)
+        step = loss_fn(model, rt.autocast)
+        loss, norm = _forward_backward(model, step, batches, 0, cfg, rt, Faults(), one)
         results.append((loss, norm))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)

@@ -12,7 +12,8 @@ preset on three occasions (docs/LOG.md), and its first compile costs 10-30 s a m
    PAYBACK_RUNS times the expected compile time), times forward and backward of the real model both
    ways on a random micro-batch (weights, gradients and RNG state untouched), records the figures, and
    keeps the faster one (the compile cost is then already paid);
-4. else (a short run) takes the device's usual choice: compiled on CUDA, eager on CPUs.
+4. else (a short run) takes the device's usual choice, compiled on CUDA and eager on CPUs, unless the
+   expected compile time alone exceeds the whole run's eager time (a sweep's one-minute runs): then eager.
 
 A compile that fails (inductor on a CPU needs a C++ compiler) falls back to eager with one message.
 Under torchrun the ranks use cached measurements only if every rank has one (and compile only if all of them
@@ -31,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from nextoken.train.objective import next_token_loss
 
 PAYBACK_RUNS = 10  # measure only when the run's eager time is at least this many expected compile times
 COMPILE_S_PRIOR = {"cpu": 30.0, "cuda": 60.0}  # expected first-compile time before any was measured here
@@ -104,16 +103,17 @@ def decide_from_figures(fig: dict, steps_left: int, sunk: bool) -> bool:
     return sunk or (eager - comp) * fig["micro_steps"] * steps_left > fig["compile_s"]
 
 
-def choose_compile(model, step_model, *, setting: str, device: torch.device, autocast, precision: str,
+def choose_compile(model, step_fn, *, setting: str, device: torch.device, precision: str,
                    threads: int, dist, parallel: str, model_hash: str, vocab_size: int, micro: tuple[int, int],
                    micro_steps: int, steps_left: int, resumed: bool | None, cache: Path | None = None,
                    compiler=torch.compile) -> tuple[object, Choice]:
-    """The function to train with (step_model, compiled or not) and why. `micro` is one micro-batch's
-    (sequences, tokens); `micro_steps` the micro-batches per optimizer step."""
+    """The function to train with (step_fn, compiled or not) and why. `step_fn(x, y)` runs the forward and
+    the loss (objective.loss_fn); `model` is the module whose gradients it makes. `micro` is one
+    micro-batch's (sequences, tokens); `micro_steps` the micro-batches per optimizer step."""
     if setting in ("on", "off"):
-        return _apply(step_model, setting == "on", f"compile {setting} (set)", {}, compiler)
+        return _apply(step_fn, setting == "on", f"compile {setting} (set)", {}, compiler)
     if resumed is not None:
-        return _apply(step_model, resumed, f"compile auto: {'compiled' if resumed else 'eager'}, as the run "
+        return _apply(step_fn, resumed, f"compile auto: {'compiled' if resumed else 'eager'}, as the run "
                       "was before it was resumed", {}, compiler)
     cache = cache or cache_file()
     key = machine_key(device, precision, threads, dist.world, parallel, model_hash, micro)
@@ -122,16 +122,19 @@ def choose_compile(model, step_model, *, setting: str, device: torch.device, aut
         known = None
     if known:
         use = _every_rank(dist, decide_from_figures(known, steps_left, sunk=False), device)
-        return _apply(step_model, use, f"compile auto: {'compiled' if use else 'eager'} from this machine's "
+        return _apply(step_fn, use, f"compile auto: {'compiled' if use else 'eager'} from this machine's "
                       f"measurement ({_describe(known)})", known, compiler)
 
     batch = _random_batch(micro, vocab_size, device)
-    eager_s = _time_passes(model, step_model, batch, autocast, device)
+    eager_s = _time_passes(model, step_fn, batch, device)
     expected_compile = COMPILE_S_PRIOR.get(device.type, 60.0)
     eager_run_s = dist.mean(torch.tensor(eager_s, device=device)).item() * micro_steps * steps_left
+    if eager_run_s < expected_compile:  # the compile alone would outlast the whole run
+        return _apply(step_fn, False, f"compile auto: eager (this run's ~{eager_run_s:.0f} s eager is shorter "
+                      f"than a ~{expected_compile:.0f} s compile)", {}, compiler)
     if eager_run_s < PAYBACK_RUNS * expected_compile:
         use = device.type == "cuda"
-        return _apply(step_model, use, f"compile auto: {'compiled' if use else 'eager'} (the {device.type} "
+        return _apply(step_fn, use, f"compile auto: {'compiled' if use else 'eager'} (the {device.type} "
                       f"default; this run's ~{eager_run_s:.0f} s eager is too short to measure whether a "
                       f"~{expected_compile:.0f} s compile pays back)", {}, compiler)
 
@@ -139,11 +142,11 @@ def choose_compile(model, step_model, *, setting: str, device: torch.device, aut
                "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     compiled_fn, error = None, None
     try:
-        compiled_fn = compiler(step_model)
+        compiled_fn = compiler(step_fn)
         t0 = time.perf_counter()
-        _passes(model, compiled_fn, batch, autocast, device, 1)  # compiles
+        _passes(model, compiled_fn, batch, device, 1)  # compiles
         figures["compile_s"] = time.perf_counter() - t0
-        figures["compiled_s"] = _time_passes(model, compiled_fn, batch, autocast, device)
+        figures["compiled_s"] = _time_passes(model, compiled_fn, batch, device)
     except Exception as e:  # noqa: BLE001 - inductor fails in many ways (no C++ compiler, an unsupported op)
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         compiled_fn = None
@@ -160,7 +163,7 @@ def choose_compile(model, step_model, *, setting: str, device: torch.device, aut
         write_cache(cache, key, figures)
     how = f"torch.compile failed here: {error}; --train.compile off skips the attempt" if error else _describe(figures)
     choice = Choice(use, f"compile auto: {'compiled' if use else 'eager'}, measured here ({how})", figures)
-    return (compiled_fn if use else step_model), choice
+    return (compiled_fn if use else step_fn), choice
 
 
 def _every_rank(dist, flag: bool, device: torch.device) -> bool:
@@ -169,8 +172,8 @@ def _every_rank(dist, flag: bool, device: torch.device) -> bool:
     return flag if dist.world == 1 else dist.mean(torch.tensor(float(flag), device=device)).item() == 1.0
 
 
-def _apply(step_model, use: bool, reason: str, figures: dict, compiler) -> tuple[object, Choice]:
-    return (compiler(step_model) if use else step_model), Choice(use, reason, figures)
+def _apply(step_fn, use: bool, reason: str, figures: dict, compiler) -> tuple[object, Choice]:
+    return (compiler(step_fn) if use else step_fn), Choice(use, reason, figures)
 
 
 def _describe(fig: dict) -> str:
@@ -187,26 +190,24 @@ def _random_batch(micro: tuple[int, int], vocab_size: int, device: torch.device)
     return x[:, :-1].to(device), x[:, 1:].to(device)
 
 
-def _passes(model, fn, batch, autocast, device, n: int) -> None:
+def _passes(model, fn, batch, device, n: int) -> None:
     x, y = batch
     for _ in range(n):
-        with autocast():
-            logits = fn(x)
-        loss, _ = next_token_loss(logits, y)
+        loss, _ = fn(x, y)
         loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _time_passes(model, fn, batch, autocast, device) -> float:
+def _time_passes(model, fn, batch, device) -> float:
     """Median seconds of one forward+backward, after a warm-up; leaves gradients unset and RNG as it was."""
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    _passes(model, fn, batch, autocast, device, 1)
+    _passes(model, fn, batch, device, 1)
     times = []
     for _ in range(TIMED_PASSES):
         t0 = time.perf_counter()
-        _passes(model, fn, batch, autocast, device, 1)
+        _passes(model, fn, batch, device, 1)
         times.append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)

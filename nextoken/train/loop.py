@@ -19,7 +19,7 @@ from nextoken.train import checkpoint as ckpt
 from nextoken.train import distributed
 from nextoken.train.autocompile import choose_compile
 from nextoken.train.logger import Display, MetricsLog
-from nextoken.train.objective import next_token_loss
+from nextoken.train.objective import loss_fn
 from nextoken.train.optim import build_optimizer, lr_at, set_lr
 from nextoken.train.rundir import holds_run, open_run_dir
 from nextoken.train.runtime import DeviceBatches, Runtime, make_runtime, peak_flops
@@ -75,8 +75,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     faults = Faults.parse(cfg.stability.inject)
     display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
     n_seqs = batches.slices[0][1]
-    step_model, choice = choose_compile(
-        model, step_model, setting=t.compile, device=rt.device, autocast=rt.autocast, precision=rt.precision,
+    step_fn, choice = choose_compile(
+        model, loss_fn(step_model, rt.autocast, t.z_loss, t.label_smoothing), setting=t.compile,
+        device=rt.device, precision=rt.precision,
         threads=torch.get_num_threads(), dist=d, parallel=t.parallel, model_hash=cfg.model_hash(),
         vocab_size=m.vocab_size, micro=(n_seqs, m.block_size), micro_steps=len(batches),
         steps_left=t.max_steps - state.step, resumed=state.compiled)
@@ -121,7 +122,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
             step = state.step
             lr = lr_at(step, cfg.optim, t.max_steps) * faults.lr_factor(state.data_step)
             set_lr(optimizer, lr)
-            loss, grad_norm = _forward_backward(step_model, batches, state.data_step, cfg, rt, faults, d)
+            loss, grad_norm = _forward_backward(step_model, step_fn, batches, state.data_step, cfg, rt, faults, d)
             action = guard.check(step, loss, grad_norm)  # apply | skip | rollback; reports incidents
             if action == "apply":  # a non-finite step is never applied, whatever the policy
                 optimizer.step()
@@ -168,8 +169,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
             "model": distributed.full_model(model, d, lambda: GPT(m))}  # FSDP2: gathered on rank 0
 
 
-def _forward_backward(model, batches: DeviceBatches, data_step: int, cfg: Config, rt: Runtime, faults: Faults,
-                      d: distributed.Dist) -> tuple[float, float]:
+def _forward_backward(model, step_fn, batches: DeviceBatches, data_step: int, cfg: Config, rt: Runtime,
+                      faults: Faults, d: distributed.Dist) -> tuple[float, float]:
     """Gradient of one optimizer step: this rank's equal micro-batches of the step's batch_size * grad_accum
     sequences, averaged over ranks by DDP or FSDP2, equal to the gradient of one batch of them all.
     Returns (mean cross-entropy over all ranks, global gradient norm before clipping)."""
@@ -180,9 +181,7 @@ def _forward_backward(model, batches: DeviceBatches, data_step: int, cfg: Config
         x, y = faults.poison(data_step, x, y, cfg.model.vocab_size, t.seed)
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         with distributed.sync_grads(model, last_micro=micro == n_micro - 1):
-            with rt.autocast():
-                logits = model(x)
-            loss, ce = next_token_loss(logits, y, t.z_loss, t.label_smoothing)
+            loss, ce = step_fn(x, y)  # `model`'s forward and the loss, compiled or not
             if data_step in faults.nan:
                 loss = loss * float("nan")
             (loss / n_micro).backward()
