@@ -117,6 +117,7 @@ def test_fit_and_plan_on_the_sweep(tmp_path_factory, capsys):
     assert plan["params"] == shape["params_non_embedding"]
     assert plan["tokens"] * shape["flops_per_token"] == pytest.approx(8e9, rel=1e-6)
     assert math.isfinite(plan["loss"])
+    assert plan["loss"] == plan["loss_parametric"] and "loss_minima" in plan  # approach 3 leads (docs/LOG.md)
     train_tokens = res["train_tokens"]  # the sweep's train split, kept in fit.json for plan's warning
     assert train_tokens > 0 and plan["data_passes"] == pytest.approx(plan["tokens"] / train_tokens)
     assert main(["plan", "--fit", str(out), "--flops", "8e12"]) == 0  # ~1000x the tokens: past one pass

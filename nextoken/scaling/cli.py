@@ -37,8 +37,9 @@ def add_parsers(sub) -> None:
     pl.add_argument("--params", type=_number, help="parameters N")
     pl.add_argument("--tokens", type=_number, help="training tokens D")
     pl.add_argument("--law", default="chinchilla", help=f"{', '.join(LAWS)} (default chinchilla)")
-    pl.add_argument("--fit", help="a fit.json from `nextoken fit` (or its sweep directory); overrides --law. The loss "
-                    "is the power law through the sweep's IsoFLOP minima, approach 3's L(N, D) beside it")
+    pl.add_argument("--fit", help="a fit.json from `nextoken fit` (or its sweep directory); overrides --law. The "
+                    "loss is approach 3's L(N, D) of the planned model, the power law through the sweep's IsoFLOP "
+                    "minima beside it")
     pl.add_argument("--vocab-size", type=int, default=None, help="vocabulary of the shape (default 4096)")
     pl.add_argument("--block-size", type=int, default=None, help="context of the shape (default 128)")
     pl.add_argument("--tokens-per-s", type=_number, help="training throughput, for the time estimate")
@@ -105,8 +106,8 @@ def cmd_plan(args, extra) -> int:
         f"params N    {res['params']:.4g}",
         f"tokens D    {res['tokens']:.4g}   ({res['tokens_per_param']:.1f} tokens per parameter)",
         f"loss        {res['loss']:.4f} nats/token (predicted"
-        + (f", from the IsoFLOP minima; approach 3's L(N, D) says {res['loss_parametric']:.4f})"
-           if res["loss_source"] == "isoflop-minima" else ")"),
+        + (f": approach 3's L(N, D) of this model; the IsoFLOP minima's law says {res['loss_minima']:.4f})"
+           if res["loss_minima"] is not None else ")"),
         f"shape       {s['n_layer']} layers x {s['d_model']} wide, {s['n_head']} heads, context {s['block_size']}, "
         f"vocab {s['vocab_size']}: {s['params_non_embedding']:,} non-embedding / {s['params_total']:,} parameters",
         f"exact       {s['flops_per_token']:.4g} FLOPs per token -> {res['flops_exact']:.3e} FLOPs for D tokens",
@@ -225,8 +226,8 @@ def _print_fit(r: dict, law) -> None:
     N, D = law.optimal(4 * C)
     L2 = law.optimal_loss(4 * C)
     lines.append(f"at 4x the largest budget ({4 * C:.3g} FLOPs): N {N:.4g}, D {D:.4g} ({D / N:.1f} tokens/param), "
-                 + (f"predicted loss {L2:.4f} (the IsoFLOP minima's L_opt = E + k·C^-{r['frontier']['gamma']:.3f}); "
-                    f"approach 3 says {law.loss(N, D):.4f}" if L2 is not None else
-                    f"predicted loss {law.loss(N, D):.4f} (approach 3; fewer than 3 IsoFLOP minima)"))
+                 + f"predicted loss {law.loss(N, D):.4f} (approach 3's L(N, D))"
+                 + (f"; the IsoFLOP minima's L_opt = E + k·C^-{r['frontier']['gamma']:.3f} says {L2:.4f}"
+                    if L2 is not None else "; fewer than 3 IsoFLOP minima, so no minima's law"))
     lines.append(f"wrote {r['fit_json']} and {r['plot']}; next: nextoken plan --fit {r['fit_json']} --flops C")
     _err("\n".join(lines))

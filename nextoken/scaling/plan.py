@@ -34,10 +34,11 @@ class FittedLaw:
 
     def optimal_loss(self, C: float) -> float | None:
         """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
-        (fit.fit_frontier), or None where the fit has fewer than 3 of them. This, not approach 3's L(N, D),
-        is what `plan --fit` predicts: on five CPU sweeps, checked at 4x their largest budget, it was off by
-        +2.4, -0.2, +6.5, -3.0 and -3.7%, approach 3 (whose E the first four leave unidentified) by +3.3, +3.5,
-        +9.1, -2.3 and -0.8% (docs/LOG.md, "scaling laws again" and "on twice the data")."""
+        (fit.fit_frontier), or None where the fit has fewer than 3 of them. `plan --fit` prints it beside
+        its prediction, approach 3's L(N, D) of the planned model: checked at 4x the largest budget of
+        sweeps with 3+ budgets, this law missed by -3.0, -3.7, -3.7 and -0.3%, approach 3 by -2.3, -0.8,
+        -0.9 and +1.4% (docs/LOG.md, "on twice the data" and "a GPU at last"). It predicts the ideal
+        model's loss, which the planned shape need not reach, from a handful of parabola minima."""
         if self.frontier is None:
             return None
         E, kL, gamma = self.frontier
@@ -172,9 +173,9 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
         "params": float(N),
         "tokens": float(D),
         "flops": float(C),
-        "loss": frontier if frontier is not None else loss,
-        "loss_source": "isoflop-minima" if frontier is not None else "parametric",
+        "loss": loss,  # the law's L(N, D) of the planned model (approach 3 for a fit)
         "loss_parametric": loss,
+        "loss_minima": frontier,  # a fit's IsoFLOP minima's law at C, where it has 3+ minima
         "tokens_per_param": float(D / N),
         "shape": shape,
         "flops_convention": "exact" if exact else "6ND",
