@@ -36,6 +36,7 @@ import torch
 PAYBACK_RUNS = 10  # measure only when the run's eager time is at least this many expected compile times
 COMPILE_S_PRIOR = {"cpu": 30.0, "cuda": 60.0}  # expected first-compile time before any was measured here
 TIMED_PASSES = 5  # forward+backward passes timed each way (median), after one warm-up
+STEP_UNIT = "step: model and loss"  # what choose_compile times and compiles (objective.loss_fn)
 MARGIN = 0.03  # compiled must be this much faster than eager to count as faster (timing noise)
 
 
@@ -54,13 +55,14 @@ def cache_file() -> Path:
 
 def machine_key(device: torch.device, precision: str, threads: int, world: int, parallel: str,
                 model_hash: str, micro: tuple[int, int]) -> str:
-    """What a measurement depends on: the same key on the same machine reuses it."""
+    """What a measurement depends on: the same key on the same machine reuses it. `STEP_UNIT` names what
+    is compiled, so that figures measured for another unit (the model alone, before 2026-11-25) are not."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = _cpu_name()
     return (f"{device.type}:{name}|torch {torch.__version__}|{precision}|threads {threads}|world {world} "
-            f"{parallel}|model {model_hash}|micro {micro[0]}x{micro[1]}")
+            f"{parallel}|model {model_hash}|micro {micro[0]}x{micro[1]}|{STEP_UNIT}")
 
 
 def _cpu_name() -> str:
