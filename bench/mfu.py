@@ -29,7 +29,7 @@ import torch
 from nextoken.config import build_config
 from nextoken.data.prepare import PrepareOptions, prepare
 from nextoken.model import flops_per_token, param_counts
-from nextoken.train.distributed import init_distributed
+from nextoken.train.distributed import init_distributed, shutdown
 from nextoken.train.loop import train
 
 
@@ -110,4 +110,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutdown()  # under torchrun: leave the process group before the interpreter exits
