@@ -114,7 +114,7 @@ def cmd_plan(args, extra) -> int:
     ]
     if res["law"].startswith("fit:") and res["loss_minima"] is None:
         lines.append("note        the fit has fewer than 3 IsoFLOP minima; in docs/LOG.md's checks, fits on two "
-                     "budgets predicted 3.1-3.3% too low at 4x (on three or more: within 2.3%)")
+                     "budgets predicted 3.1-3.2% too low at 4x (on three or more: within 2.3%)")
     if res.get("data_passes", 0) > 1:
         lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
                      "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "

@@ -81,7 +81,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
         threads=torch.get_num_threads(), dist=d, parallel=t.parallel, model_hash=cfg.model_hash(),
         vocab_size=m.vocab_size, micro=(n_seqs, m.block_size), micro_steps=len(batches),
         steps_left=t.max_steps - state.step, resumed=state.compiled)
-    rt.compile = state.compiled = choice.compiled
+    state.compiled = choice.compiled
     if t.compile == "auto":
         log.write("event", step=state.step, type="compile", detail={"reason": choice.reason, **choice.figures})
         display.message(choice.reason)
@@ -105,7 +105,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     # ---- the loop ----
     display.message(f"training into {run_dir}{f' from step {state.step}' if state.step else ''}: "
                     f"{param_counts(m).total:,} parameters, {tokens_per_step:,} tokens per step, "
-                    f"{rt.device.type} {rt.precision}{' compiled' if rt.compile else ''}, "
+                    f"{rt.device.type} {rt.precision}{' compiled' if state.compiled else ''}, "
                     f"stability policy {cfg.stability.policy}")
     t0, elapsed0 = time.perf_counter(), state.elapsed_s
     t_start, tokens_last = t0, state.tokens

@@ -20,7 +20,6 @@ from nextoken.errors import ConfigError
 class Runtime:
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None means plain fp32
-    compile: bool  # whether the step is compiled: set by the loop from autocompile.choose_compile
 
     def autocast(self):
         if self.dtype is None:
@@ -56,7 +55,7 @@ def make_runtime(cfg: TrainConfig, device: torch.device | None = None) -> Runtim
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device, torch.bfloat16 if bf16 else None, cfg.compile == "on")
+    return Runtime(device, torch.bfloat16 if bf16 else None)
 
 
 @functools.cache
