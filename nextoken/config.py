@@ -73,7 +73,8 @@ class TrainConfig:
     seed: int = _f(1337, "seed for init, data order and dropout")
     precision: str = _f("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "fp32", "bf16"))
     compile: str = _f("auto", "torch.compile: auto measures eager against compiled on long runs and keeps the "
-                      "faster (cached per machine and shape); short runs: compiled on CUDA, eager on CPUs",
+                      "faster (cached per machine and shape); short runs: compiled on CUDA, eager on CPUs; "
+                      "runs shorter than one compile: eager",
                       ("auto", "on", "off"))
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     z_loss: float = _f(0.0, "z-loss coefficient (PaLM uses 1e-4)")
