@@ -49,9 +49,9 @@ def state_digest(run: Path) -> str:
     import torch
     from safetensors.torch import load_file
 
-    from nextoken.train.checkpoint import resolve_checkpoint
+    from nextoken.checkpoint import resolve
 
-    ckpt = resolve_checkpoint(run)
+    ckpt = resolve(run)
     h = hashlib.sha256()
     for fname in ("model.safetensors", "state.safetensors"):
         tensors = load_file(str(ckpt / fname))

@@ -4,11 +4,12 @@
     python bench/mfu.py --small          # a CPU smoke check: 2 x 128 layers, context 128, same 50257 vocab
     torchrun --standalone --nproc_per_node=8 bench/mfu.py   # the same per GPU, data-parallel
 
-It runs the library's own training loop (`nextoken.train.loop.train`) for --warmup + --steps steps
+It runs the library's own training loop (`nextoken.training.loop.train`) for --warmup + --steps steps
 on synthetic text (tokens are tokens: the speed does not depend on what they say), and reads the
-figures from the run's metrics.jsonl after the warm-up, where compilation happens. MFU is FLOPs
-per token (6N + 12LDT, PaLM appendix B) times tokens/s over the device's peak (train/runtime.py:
-the data-sheet bf16 peak of a known GPU, else the measured matmul rate). Prints; asserts nothing.
+figures from the run's metrics.jsonl after the warm-up, where compilation happens. MFU is the exact
+training FLOPs per token (nextoken/model/counting.py: 6 per matmul weight plus attention's 12LDT, PaLM
+appendix B) times the job's tokens/s over the peak of all its devices (nextoken/hardware.py: the data-sheet
+bf16 peak of a known GPU, else the measured matmul rate). Prints; asserts nothing.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import torch
 
 from nextoken.config import build_config
 from nextoken.data.prepare import PrepareOptions, prepare
-from nextoken.model import flops_per_token, param_counts
-from nextoken.train.distributed import init_distributed, shutdown
-from nextoken.train.loop import train
+from nextoken.model import param_counts, training_flops_per_token
+from nextoken.training.distributed import exit_process, init_distributed, shutdown
+from nextoken.training.loop import train
 
 
 def synthetic_corpus(folder: Path, n_bytes: int = 1 << 20) -> Path:
@@ -98,7 +99,7 @@ def main() -> None:
         peak_mem, where = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "cpu (process max RSS)"
     out = {"device": where, "world": d.world, "params": param_counts(m).total, "block_size": m.block_size,
            "tokens_per_step": t.batch_size * t.grad_accum * m.block_size, "tokens_per_s": tps,
-           "tokens_per_s_per_device": tps / d.world, "flops_per_token": flops_per_token(m),
+           "tokens_per_s_per_device": tps / d.world, "flops_per_token": training_flops_per_token(m),
            "mfu": statistics.median(mfu) if mfu else None, "peak_memory_gib": peak_mem, "wall_s": wall}
     if args.json:
         print(json.dumps(out))
@@ -110,7 +111,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        shutdown()  # under torchrun: leave the process group before the interpreter exits
+    main()
+    if shutdown():  # under torchrun: leave the process group, then the process, without the teardown
+        exit_process(0)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from nextoken import hardware
 from nextoken.config import build_config
-from nextoken.model import flops_per_token
-from nextoken.train import runtime
-from nextoken.train.loop import train
+from nextoken.model import training_flops_per_token
+from nextoken.training.loop import train
 
 SHAPES = {"tiny": None, "6x384x256": (6, 6, 384, 256)}  # tiny: the preset's own shape
 
@@ -45,9 +45,9 @@ def run_once(shape: str, compile_: str, steps: int, warmup: int, data: str, thre
         wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     tps = statistics.median(r["tokens_per_s"] for r in rows if r["kind"] == "train" and r["step"] > warmup)
-    runtime._MATMUL.clear()  # measure the ceiling again, now
-    mm = runtime.matmul_flops(torch.device("cpu"))
-    flops = flops_per_token(cfg.model) * tps
+    hardware._MATMUL.clear()  # measure the ceiling again, now
+    mm = hardware.matmul_flops(torch.device("cpu"))
+    flops = training_flops_per_token(cfg.model) * tps
     return {"shape": shape, "compile": compile_, "tokens_per_s": tps, "flops_per_s": flops, "matmul_flops": mm,
             "of_matmul": flops / mm, "wall_s": wall, "batch": t.batch_size, "block_size": cfg.model.block_size}
 

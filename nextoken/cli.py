@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from pathlib import Path
 
 from nextoken.errors import ConfigError, NextokenError
 
@@ -39,6 +37,17 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _number(s: str) -> float:
+    try:
+        return float(s.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number (write e.g. 1e21)") from None
+
+
+def _numbers(s: str) -> list[float]:
+    return [_number(x) for x in s.split(",") if x.strip()]
+
+
 def _train_epilog() -> str:
     from nextoken.config import PRESETS, field_docs
 
@@ -59,6 +68,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nextoken.scaling.laws import LAWS
+
     p = _Parser(prog="nextoken", description="Pretrain decoder-only transformers by next-token "
                                 "prediction. `nextoken train` with no arguments trains a small model on the "
                                 "Python standard library's source.")
@@ -78,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="invalid UTF-8: strict refuses the file, replace substitutes U+FFFD and counts")
     pr.add_argument("--force", action="store_true", help="replace an existing output directory")
     pr.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    pr.set_defaults(handler=cmd_prepare)
 
     tr = sub.add_parser("train", help="train a model", formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog=_train_epilog())
@@ -87,13 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     tr.add_argument("--json", action="store_true", help="print the final figures as JSON")
+    tr.set_defaults(handler=cmd_train, config_overrides=True)  # --section.field VALUE
 
     ev = sub.add_parser("eval", help="held-out loss, perplexity, bits per byte of a checkpoint")
     ev.add_argument("run", metavar="RUN|CKPT")
     ev.add_argument("--data", help="prepared data directory (default: the run's)")
     ev.add_argument("--split", default="val")
     ev.add_argument("--tokens", type=_nonnegative_int, default=0, help="tokens to evaluate (default: the whole split)")
+    ev.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
     ev.add_argument("--json", action="store_true")
+    ev.set_defaults(handler=cmd_eval)
 
     sa = sub.add_parser("sample", help="generate text")
     sa.add_argument("run", metavar="RUN|CKPT")
@@ -102,29 +117,73 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     sa.add_argument("--top-k", type=int, default=None)
     sa.add_argument("--top-p", type=float, default=None)
-    sa.add_argument("--seed", type=int, default=None)
+    sa.add_argument("--seed", type=int, default=None,
+                    help="sampling seed; without it each call draws a fresh one and prints it, so --seed repeats it")
+    sa.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
+    sa.set_defaults(handler=cmd_sample)
 
     nx = sub.add_parser("next", help="the next-token distribution for a prompt")
     nx.add_argument("run", metavar="RUN|CKPT")
     nx.add_argument("--prompt", required=True)
     nx.add_argument("--temperature", type=float, default=1.0)
     nx.add_argument("--top", type=int, default=10)
+    nx.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
     nx.add_argument("--json", action="store_true")
+    nx.set_defaults(handler=cmd_next)
 
-    pl = sub.add_parser("plot", help="loss and LR curves of a run, as PNG")
-    pl.add_argument("run", metavar="RUN")
-    pl.add_argument("--out", help="PNG path (default RUN/loss.png)")
+    pt = sub.add_parser("plot", help="loss and LR curves of a run, as PNG")
+    pt.add_argument("run", metavar="RUN")
+    pt.add_argument("--out", help="PNG path (default RUN/loss.png)")
+    pt.set_defaults(handler=cmd_plot)
 
-    _add_scaling_commands(sub)
+    pl = sub.add_parser("plan", help="compute-optimal model size, tokens and loss for a budget")
+    pl.add_argument("--flops", type=_number, help="training compute C in FLOPs")
+    pl.add_argument("--params", type=_number, help="parameters N")
+    pl.add_argument("--tokens", type=_number, help="training tokens D")
+    pl.add_argument("--law", default="chinchilla", help=f"{', '.join(LAWS)} (default chinchilla)")
+    pl.add_argument("--fit", help="a fit.json from `nextoken fit` (or its sweep directory); overrides --law. The "
+                    "loss is approach 3's L(N, D) of the planned model, the power law through the sweep's IsoFLOP "
+                    "minima beside it")
+    pl.add_argument("--vocab-size", type=int, default=None, help="vocabulary of the shape (default 4096)")
+    pl.add_argument("--block-size", type=int, default=None, help="context of the shape (default 128)")
+    pl.add_argument("--tokens-per-s", type=_number, help="training throughput, for the time estimate")
+    pl.add_argument("--device", help="GPU name (H100, A100, ...) for a time estimate at --mfu")
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for --device (default 0.4)")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(handler=cmd_plan)
+
+    sw = sub.add_parser("sweep", help="IsoFLOP sweep: models of several sizes per compute budget")
+    sw.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
+    sw.add_argument("--out", required=True, help="sweep directory (rerun the same command to continue)")
+    sw.add_argument("--budgets", type=_numbers, default=None,
+                    help="comma-separated FLOP budgets (default 1e11,3e11,1e12,3e12: 26 runs, about 16 minutes of "
+                    "one quiet CPU core; half that with --jobs 2)")
+    sw.add_argument("--sizes", type=int, default=7, help="model sizes per budget (default 7)")
+    sw.add_argument("--spread", type=float, default=30.0,
+                    help="ratio of the largest to the smallest N in a budget (default 30)")
+    sw.add_argument("--tokens-per-param", type=float, default=150.0,
+                    help="centre each budget's sizes where D = this x N (default 150, measured on CPU budgets; "
+                    "Chinchilla's 20 holds at far larger ones)")
+    sw.add_argument("--seeds", type=int, default=1,
+                    help="runs per size with different seeds (default 1); the fit sees each size's scatter, which at "
+                    "CPU budgets is about as large as the differences between neighbouring sizes")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once, each in its own process at --train.threads (default 1 thread)")
+    sw.add_argument("--preset", help="base config preset (default scaling: byte-level, 16 x 128 tokens a step)")
+    sw.add_argument("--config", help="base config TOML file")
+    sw.add_argument("--dry-run", action="store_true", help="print the runs and stop")
+    sw.add_argument("--json", action="store_true", help="print the points as JSON")
+    sw.set_defaults(handler=cmd_sweep, config_overrides=True)  # --section.field VALUE sets the base config
+
+    ft = sub.add_parser("fit", help="fit your own scaling law to a sweep (approaches 2 and 3 of Chinchilla)")
+    ft.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep directory")
+    ft.add_argument("--points", help="a CSV with header params,tokens,loss (optional flops,budget)")
+    ft.add_argument("--out", help="fit.json path (default SWEEP/fit.json or next to the CSV)")
+    ft.add_argument("--plot", help="PNG path (default beside fit.json: isoflop.png)")
+    ft.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the intervals (0: none)")
+    ft.add_argument("--json", action="store_true")
+    ft.set_defaults(handler=cmd_fit)
     return p
-
-
-def _add_scaling_commands(sub) -> None:
-    try:
-        from nextoken.scaling import cli as scaling_cli
-    except ImportError:
-        return
-    scaling_cli.add_parsers(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if args.cmd is None and "-h" not in argv and "--help" not in argv:
-            args, extra = parser.parse_known_args(["train", *argv])
+            args, extra = parser.parse_known_args(["train", *argv])  # `nextoken` alone trains
     except UsageError as e:
         if "--debug" in argv:
             raise
@@ -143,12 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:
             parser.print_help()
             return 0
-        if extra and args.cmd != "train" and not getattr(args, "config_overrides", False):
+        if extra and not getattr(args, "config_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        handler = COMMANDS.get(args.cmd) or getattr(args, "handler", None)
-        code = handler(args, extra) or 0
-        if (distributed := sys.modules.get("nextoken.train.distributed")) is not None:
-            distributed.shutdown()  # after a failure the process exits without it: a peer may be gone
+        code = args.handler(args, extra) or 0
+        if (distributed := sys.modules.get("nextoken.training.distributed")) is not None and distributed.shutdown():
+            distributed.exit_process(code)  # a rank of a finished job: leave without the interpreter's teardown
         return code
     except NextokenError as e:
         if args.debug:
@@ -161,155 +219,91 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_prepare(args, extra) -> int:
-    from nextoken.data.prepare import PrepareOptions, prepare
+    from nextoken.api import prepare
 
-    opt = PrepareOptions(tokenizer=args.tokenizer, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
-                         text_field=args.text_field, utf8=args.utf8, force=args.force)
-    manifest = prepare(args.sources, args.out, opt, log=_err)
+    manifest = prepare(args.sources, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                       val_fraction=args.val_fraction, text_field=args.text_field, utf8=args.utf8, force=args.force,
+                       log=_err)
     if args.json:
         print(json.dumps(manifest))
     return 0
 
 
-def _train_config(args, extra):
-    from nextoken.config import (
-        Config,
-        apply_dict,
-        build_config,
-        load_toml,
-        parse_overrides,
-        set_field,
-        validate,
-    )
-
-    overrides = parse_overrides(extra)
-    if args.resume and not args.out:
-        raise ConfigError("--resume needs --out RUN, the run to continue")
-    if args.resume and not (Path(args.out) / "config.toml").is_file():
-        raise ConfigError(f"{args.out} has no checkpoint to resume from (it holds no run); check --out, "
-                          "or run without --resume")
-    run_config = Path(args.out) / "config.toml" if args.out else None
-    if args.resume and not args.config and not args.preset and run_config and run_config.is_file():
-        cfg = Config()
-        apply_dict(cfg, load_toml(run_config), str(run_config))
-        for k, v in overrides:
-            set_field(cfg, k, v)
-        validate(cfg)
-    else:
-        cfg = build_config(args.preset or "tiny", args.config, overrides)
-    if args.data:
-        cfg.data.path = args.data
-    return cfg
-
-
 def cmd_train(args, extra) -> int:
-    from nextoken.data.builtin import stdlib_data
-    from nextoken.train.distributed import main_first
-    from nextoken.train.loop import train
+    from nextoken.api import default_run_dir, resolve_train_config, train
+    from nextoken.config import parse_overrides
 
-    cfg = _train_config(args, extra)
-    with main_first(cfg.train) as dist:  # under torchrun rank 0 prepares the built-in corpus, the others wait
-        if not cfg.data.path:
-            cfg.data.path = str(stdlib_data(cfg.data.tokenizer, cfg.data.vocab_size, log=_err))
-    cfg.data.path = str(Path(cfg.data.path).resolve())
-    if dist.enabled and not args.out:
-        raise ConfigError("a multi-process run needs --out RUN, the one directory all its processes share")
-    out = args.out or _new_run_dir(f"runs/{args.preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    res = train(cfg, out, resume=args.resume)  # its first line says where it trains into
+    cfg = resolve_train_config(args.preset, args.config, parse_overrides(extra), args.data, args.out, args.resume)
+    out = args.out or (None if _under_torchrun() else default_run_dir(args.preset))
+    res = train(cfg, out, resume=args.resume, log=_err)  # its first line says where it trains into
     model = res.pop("model")
     if res.pop("rank", 0) != 0:  # only rank 0 reports, samples and plots
         return 0
     if args.json:
         print(json.dumps(res))
         return 0
+    run = res["run"]
     _err(f"\nval loss {res['loss']:.4f} nats/token   perplexity {res['ppl']:.2f}   "
          f"bits/byte {res['bits_per_byte']:.3f}   ({res['tokens']:,} tokens in {res['elapsed_s']:.0f}s)")
-    _print_sample(model, out, cfg)
+    if cfg.log.sample_tokens > 0:
+        from nextoken.generate import stream_text
+        from nextoken.run import Run
+
+        _err(f"\nsample (temperature 0.8, top-k 50):\n{'-' * 60}")
+        sys.stderr.write("def")
+        for piece in stream_text(Run(run).tokenizer, model, "def", cfg.log.sample_tokens, temperature=0.8, top_k=50,
+                                 seed=0):
+            sys.stderr.write(piece)
+            sys.stderr.flush()
+        _err(f"\n{'-' * 60}")
     from nextoken.plot import plot_run
 
-    png = plot_run(out)
+    png = plot_run(run)
     _err(f"\nplot: {png}\ncheckpoint: {res['checkpoint']}\n"
-         f"next: nextoken sample {out} --prompt 'def'   |   nextoken eval {out}")
+         f"next: nextoken sample {run} --prompt 'def'   |   nextoken eval {run}")
     return 0
 
 
-def _print_sample(model, run_dir, cfg) -> None:
-    from nextoken.data.tokenizer import load_tokenizer
-    from nextoken.generate import stream_text
+def _under_torchrun() -> bool:
+    import os
 
-    if cfg.log.sample_tokens <= 0:
-        return
-    tok = load_tokenizer(Path(run_dir) / "tokenizer.json")
-    prompt = "def"
-    _err(f"\nsample (temperature 0.8, top-k 50):\n{'-' * 60}")
-    sys.stderr.write(prompt)
-    for piece in stream_text(tok, model, prompt, cfg.log.sample_tokens, temperature=0.8, top_k=50, seed=0):
-        sys.stderr.write(piece)
-        sys.stderr.flush()
-    _err(f"\n{'-' * 60}")
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def cmd_eval(args, extra) -> int:
-    from nextoken import inference
-    from nextoken.data.loader import TokenData
-    from nextoken.data.tokenizer import token_byte_lengths
-    from nextoken.eval.evaluate import evaluate
-    from nextoken.train.rundir import read_run_config
+    from nextoken.api import evaluate
 
-    loaded = inference.load(args.run)
-    data_dir = args.data or read_run_config(loaded.run_dir).data.path
-    data = TokenData(data_dir, args.split)
-    from nextoken.data.prepare import read_manifest
-    from nextoken.errors import DataError
-
-    if read_manifest(data_dir)["vocab_size"] > loaded.model.cfg.vocab_size:
-        raise DataError(f"{data_dir} has a larger vocabulary than the model; evaluate on the run's own data")
-    res = evaluate(loaded.model, data, loaded.model.cfg.block_size, token_byte_lengths(loaded.tokenizer),
-                   args.tokens)
-    res.update(step=loaded.trainer["step"], tokens=loaded.trainer["tokens"], checkpoint=str(loaded.checkpoint))
+    res = evaluate(args.run, args.data, args.split, args.tokens, args.step)
     if args.json:
         print(json.dumps(res))
     else:
-        _err(f"{loaded.checkpoint}: {args.split} loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  "
+        _err(f"{res['checkpoint']}: {args.split} loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  "
              f"bits/token {res['bits_per_token']:.3f}  bits/byte {res['bits_per_byte']:.3f}  "
              f"({res['eval_tokens']:,} tokens)")
     return 0
 
 
 def cmd_sample(args, extra) -> int:
-    from nextoken import inference
-    from nextoken.generate import check_sampling, stream_text
+    from nextoken.api import stream
+    from nextoken.generate import draw_seed
 
-    check_sampling(args.temperature, args.top_k, args.top_p)
-    loaded = inference.load(args.run)
+    seed = args.seed if args.seed is not None else draw_seed()
+    pieces = stream(args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed,
+                    args.step)
+    if args.seed is None:
+        _err(f"seed {seed} (--seed {seed} repeats this sample)")
     sys.stdout.write(args.prompt)
-    for piece in stream_text(loaded.tokenizer, loaded.model, args.prompt, args.max_new_tokens,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
 
 
-def _new_run_dir(name: str) -> str:
-    """`name`, or `name-2`, `name-3`, ... when runs started in the same second already took it."""
-    out, n = name, 1
-    while Path(out).exists():
-        n += 1
-        out = f"{name}-{n}"
-    return out
-
-
 def cmd_next(args, extra) -> int:
-    from nextoken import inference
-    from nextoken.generate import next_token_distribution
+    from nextoken.api import next_token
 
-    if args.temperature <= 0:
-        raise NextokenError(f"--temperature must be > 0 to show a distribution; got {args.temperature}")
-    if args.top < 1:
-        raise NextokenError(f"--top must be >= 1; got {args.top}")
-    loaded = inference.load(args.run)
-    dist = next_token_distribution(loaded.model, loaded.tokenizer, args.prompt, args.temperature, args.top)
+    dist = next_token(args.run, args.prompt, args.temperature, args.top, args.step)
     if args.json:
         print(json.dumps(dist))
         return 0
@@ -347,8 +341,85 @@ def cmd_plot(args, extra) -> int:
     return 0
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
-            "next": cmd_next, "plot": cmd_plot}
+def cmd_plan(args, extra) -> int:
+    from nextoken.config import ModelConfig
+    from nextoken.scaling.plan import plan
+
+    base = ModelConfig()
+    if args.vocab_size is not None:
+        base.vocab_size = args.vocab_size
+    if args.block_size is not None:
+        base.block_size = args.block_size
+    if base.vocab_size < 1 and args.vocab_size is not None or base.block_size < 2:
+        raise NextokenError("--vocab-size must be >= 1 and --block-size >= 2")
+    res = plan(args.law, args.flops, args.params, args.tokens, args.fit, base, args.tokens_per_s, args.device,
+               args.mfu)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    s = res["shape"]
+    lines = [
+        f"law         {res['law']}  (budget by {res['flops_convention']})",
+        f"compute     {res['flops']:.3e} FLOPs",
+        f"params N    {res['params']:.4g}",
+        f"tokens D    {res['tokens']:.4g}   ({res['tokens_per_param']:.1f} tokens per parameter)",
+        f"loss        {res['loss']:.4f} nats/token (predicted"
+        + (f": approach 3's L(N, D) of this model; the IsoFLOP minima's law says {res['loss_minima']:.4f})"
+           if res["loss_minima"] is not None else ")"),
+        f"shape       {s['n_layer']} layers x {s['d_model']} wide, {s['n_head']} heads, context {s['block_size']}, "
+        f"vocab {s['vocab_size']}: {s['params_non_embedding']:,} non-embedding / {s['params_total']:,} parameters",
+        f"exact       {s['flops_per_token']:.4g} FLOPs per token -> {res['flops_exact']:.3e} FLOPs for D tokens",
+    ]
+    if res["law"].startswith("fit:") and res["loss_minima"] is None:
+        lines.append("note        the fit has fewer than 3 IsoFLOP minima; in docs/LOG.md's checks, fits on two "
+                     "budgets predicted 3.1-3.2% too low at 4x (on three or more: within 2.3%)")
+    if res.get("data_passes", 0) > 1:
+        lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
+                     "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
+                     "expect a higher loss than predicted, or prepare more data")
+    if "train_command" in res:
+        lines.append(f"train       {res['steps']:,} steps of the sweep's {res['tokens_per_step']:,} tokens, trained as "
+                     f"its runs were:\n            {res['train_command']}")
+    if "time_s" in res:
+        how = (f"at {args.tokens_per_s:g} tokens/s" if args.tokens_per_s else
+               f"on one {args.device} at MFU {args.mfu:g}, exact FLOPs")
+        lines.append(f"time        {_duration(res['time_s'])} {how}")
+    _err("\n".join(lines))
+    return 0
+
+
+def _duration(s: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if s >= size:
+            return f"{s / size:.1f} {unit}"
+    return f"{s:.0f} s"
+
+
+def cmd_sweep(args, extra) -> int:
+    from nextoken.config import build_config, parse_overrides
+    from nextoken.scaling.sweep import DEFAULT_BUDGETS, sweep
+
+    cfg = build_config(args.preset or "scaling", args.config, parse_overrides(extra))
+    if args.data:
+        cfg.data.path = args.data
+    points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread,
+                   args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs, seeds=args.seeds)
+    if args.json:
+        print(json.dumps({"sweep": str(args.out), "points": points}))
+    elif not args.dry_run:
+        _err(f"done: {len(points)} runs in {args.out}; next: nextoken fit {args.out}")
+    return 0
+
+
+def cmd_fit(args, extra) -> int:
+    from nextoken.scaling.fit import fit_run, format_fit
+
+    result, law = fit_run(args.sweep, args.points, args.bootstrap, args.out, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _err(format_fit(result, law))
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,14 @@ class ModelConfig:
     dropout: float = _f(0.0, "dropout probability (attention, residual and embeddings)")
     bias: bool = _f(False, "biases in linear layers and norms")
     rope_base: float = _f(10000.0, "RoPE base frequency")
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's hidden width F. SwiGLU keeps the parameter count of a GELU MLP of ratio r with 2/3 of its
+        width (Shazeer 2020), rounded up to a multiple of 8."""
+        if self.mlp == "swiglu":
+            return -(-int(2 * self.mlp_ratio * self.d_model / 3) // 8) * 8
+        return int(self.mlp_ratio * self.d_model)
 
 
 @dataclass
@@ -294,9 +304,7 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    from nextoken.train.stability import Faults  # here, not at the top: stability imports this module
-
-    Faults.parse(cfg.stability.inject)
+    parse_inject(cfg.stability.inject)
     for section in SECTIONS:
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):
@@ -304,6 +312,31 @@ def validate(cfg: Config) -> None:
             if choices and getattr(obj, f.name) not in choices:
                 raise ConfigError(f"{section}.{f.name} must be one of {', '.join(choices)} "
                                   f"(got {getattr(obj, f.name)!r})")
+
+
+_FAULT = re.compile(r"^(lr|batch|nan)@(\d+)(?:x([0-9.eE+-]+))?$")
+
+
+def parse_inject(spec: str) -> list[tuple[str, int, float]]:
+    """`stability.inject` as (kind, data step, factor) triples: `lr@300x100,batch@350,nan@450` gives
+    [("lr", 300, 100.0), ("batch", 350, 1.0), ("nan", 450, 1.0)]; an lr fault without a factor multiplies by 100.
+    Raises ConfigError, naming the item, for anything else."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        m = _FAULT.match(item)
+        if not m:
+            raise ConfigError(f"stability.inject: {item!r} is not KIND@STEP or KIND@STEPxFACTOR "
+                              "(KIND: lr, batch, nan), e.g. lr@300x100")
+        kind, step, factor = m.group(1), int(m.group(2)), 1.0
+        if kind == "lr":
+            try:
+                factor = float(m.group(3)) if m.group(3) else 100.0
+            except ValueError:
+                raise ConfigError(f"stability.inject: {item!r} has a non-numeric factor") from None
+            if not math.isfinite(factor) or factor <= 0:
+                raise ConfigError(f"stability.inject: {item!r} needs a positive finite factor")
+        out.append((kind, step, factor))
+    return out
 
 
 # ---- presets ---------------------------------------------------------------------------------------

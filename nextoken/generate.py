@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Iterator
 
 import torch
@@ -11,13 +12,30 @@ from nextoken.errors import NextokenError
 from nextoken.model import GPT, KVCache
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int = 1) -> None:
+    """Raises NextokenError, naming the flag, for settings sampling cannot use."""
+    if not math.isfinite(temperature) or temperature < 0:
         raise NextokenError(f"--temperature must be >= 0 (0 is greedy); got {temperature}")
     if top_k is not None and top_k < 1:
         raise NextokenError(f"--top-k must be >= 1; got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise NextokenError(f"--top-p must be in (0, 1]; got {top_p}")
+    if max_new_tokens < 1:
+        raise NextokenError(f"--max-new-tokens must be >= 1; got {max_new_tokens}")
+
+
+def check_distribution(temperature: float, top: int) -> None:
+    """Raises NextokenError for a temperature or a row count the next-token distribution cannot show."""
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise NextokenError(f"--temperature must be > 0 to show a distribution; got {temperature}")
+    if top < 1:
+        raise NextokenError(f"--top must be >= 1; got {top}")
+
+
+def draw_seed() -> int:
+    """A fresh sampling seed for a call that gave none: each call samples anew, and printing the seed lets
+    `--seed` reproduce it (an unseeded generator starts from the same state every time)."""
+    return secrets.randbits(48)
 
 
 def filter_logits(logits_V: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -38,13 +56,12 @@ def filter_logits(logits_V: torch.Tensor, top_k: int | None, top_p: float | None
 @torch.no_grad()
 def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, seed: int | None = None) -> Iterator[int]:
-    """Yield new token ids one at a time; each costs one position thanks to the KV-cache."""
-    check_sampling(temperature, top_k, top_p)
+    """Yield new token ids one at a time; each costs one position thanks to the KV-cache. Without a `seed`
+    every call draws a fresh one."""
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
     model.eval()
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device)
-    if seed is not None:
-        gen.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(draw_seed() if seed is None else seed)
     T = model.cfg.block_size
     context = list(ids)[-T:]
     cache = KVCache(model.cfg, 1, device, next(model.parameters()).dtype)
@@ -96,10 +113,7 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 def next_token_distribution(model: GPT, tokenizer, prompt: str, temperature: float = 1.0, top: int = 10) -> dict:
     """The model's distribution over the next token. Temperature reshapes what sampling draws from;
     the loss and perplexity are always computed from the unscaled logits (temperature 1)."""
-    if temperature <= 0:
-        raise NextokenError(f"--temperature must be > 0 to show a distribution; got {temperature}")
-    if top < 1:
-        raise NextokenError(f"--top must be >= 1; got {top}")
+    check_distribution(temperature, top)
     ids = encode_prompt(tokenizer, prompt)[-model.cfg.block_size:]
     device = next(model.parameters()).device
     logits = model(torch.tensor([ids], device=device))[0, -1].float()

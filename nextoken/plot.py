@@ -7,15 +7,10 @@ import math
 from pathlib import Path
 
 from nextoken.errors import NextokenError
-from nextoken.train.logger import read_metrics
+from nextoken.run import Run
 
 _EVENT_STYLE = {"spike": ("v", "tab:orange"), "nan": ("x", "tab:red"), "skip": ("s", "tab:purple"),
                 "rollback": ("D", "tab:red")}
-
-
-def _last_per_step(rows: list[dict], kind: str) -> list[dict]:
-    by_step = {r["step"]: r for r in rows if r.get("kind") == kind and r.get("loss") is not None}
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -24,11 +19,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
+    run_dir = run.path
     if not (run_dir / "metrics.jsonl").is_file():
         raise NextokenError(f"{run_dir} has no metrics.jsonl; pass a run directory written by nextoken train")
-    rows = read_metrics(run_dir)
-    train, val = _last_per_step(rows, "train"), _last_per_step(rows, "eval")
+    train, val = run.last_per_step("train"), run.last_per_step("eval")
     if not train:
         raise NextokenError(f"{run_dir}/metrics.jsonl has no training steps yet; train first")
     out = Path(out) if out else run_dir / "loss.png"
@@ -43,7 +38,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
                     (best["tokens"], best["loss"]), textcoords="offset points", xytext=(-10, 20), ha="right")
     step_tokens = {r["step"]: r["tokens"] for r in train}
     step_loss = {r["step"]: r["loss"] for r in train}
-    for ev in (r for r in rows if r.get("kind") == "event" and r.get("type") in _EVENT_STYLE):
+    for ev in (r for r in run.events if r.get("type") in _EVENT_STYLE):
         marker, color = _EVENT_STYLE[ev["type"]]
         s = ev["step"]
         near = min(step_tokens, key=lambda k: abs(k - s))

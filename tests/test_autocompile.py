@@ -6,14 +6,14 @@ import json
 import torch
 from conftest import tiny_config
 
+from nextoken import checkpoint as ckpt
 from nextoken.config import ModelConfig
 from nextoken.model import GPT
-from nextoken.train import autocompile
-from nextoken.train import checkpoint as ckpt
-from nextoken.train.autocompile import choose_compile, decide_from_figures
-from nextoken.train.distributed import Dist
-from nextoken.train.loop import train
-from nextoken.train.objective import loss_fn
+from nextoken.training import autocompile
+from nextoken.training.autocompile import choose_compile, decide_from_figures
+from nextoken.training.distributed import Dist
+from nextoken.training.loop import train
+from nextoken.training.objective import loss_fn
 
 
 def test_decision_weighs_the_saving_against_the_compile_cost():
@@ -112,4 +112,4 @@ def test_the_run_records_its_choice_in_metrics_and_checkpoint(bytes_data, tmp_pa
     train(cfg, tmp_path / "run", quiet=True)
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e["detail"]["reason"] for e in events if e.get("type") == "compile"][0].startswith("compile auto: eager")
-    assert ckpt.read_trainer(ckpt.resolve_checkpoint(tmp_path / "run"))["compiled"] is False
+    assert ckpt.read_trainer(ckpt.resolve(tmp_path / "run"))["compiled"] is False

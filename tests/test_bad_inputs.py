@@ -15,7 +15,7 @@ from conftest import tiny_config
 from tokenizers import Tokenizer, models
 
 from nextoken.cli import build_parser, main
-from nextoken.train.loop import train
+from nextoken.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +150,9 @@ CASES = [
     ("prompt-only-unknown-characters", _ascii_only_tokenizer, "no character"),
     ("next-without-prompt", lambda c: ["next", str(c.run)], "--prompt"),
     ("next-top-zero", lambda c: ["next", str(c.run), "--prompt", "x", "--top", "0"], "--top must be >= 1"),
-    ("next-no-checkpoint", lambda c: ["next", c.dir("nockpt"), "--prompt", "x"], "holds no checkpoint"),
+    ("next-no-checkpoint", lambda c: ["next", c.dir("nockpt"), "--prompt", "x"], "is not a nextoken run directory"),
     # plot
-    ("plot-not-a-run", lambda c: ["plot", c.dir("nometrics")], "no metrics.jsonl"),
+    ("plot-not-a-run", lambda c: ["plot", c.dir("nometrics")], "is not a nextoken run directory"),
     ("plot-no-steps", _metrics_without_steps, "no training steps"),
     ("plot-unknown-format", lambda c: ["plot", str(c.run), "--out", str(c.tmp / "loss.txt")], "not supported"),
     ("plot-out-under-a-file", lambda c: ["plot", str(c.run), "--out", c.file("f", "x") + "/loss.png"], "cannot write"),

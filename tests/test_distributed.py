@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from nextoken import inference
 from nextoken.config import TrainConfig
 from nextoken.errors import ConfigError, NextokenError
-from nextoken.train import distributed
-from nextoken.train.loop import train
+from nextoken.run import Run
+from nextoken.training import distributed
+from nextoken.training.loop import train
 
 REL_TOL = 1e-4  # per-step loss, relative (issue 5)
 
@@ -36,7 +36,7 @@ def _torchrun(nproc: int, toml: Path, out: Path, *flags: str, timeout: float = 1
     # --standalone: torchrun picks a free port itself (never a fixed one)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "nextoken", "train", "--config", str(toml), "--out", str(out), *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -99,7 +99,7 @@ def test_fsdp_matches_one_process_and_resumes_on_another_world_size(bytes_data, 
     shutil.copytree(tmp_path / "two", tmp_path / "two_then_one")
 
     # eval / sample / next load the sharded checkpoint in one process
-    loaded = inference.load(tmp_path / "two")
+    loaded = Run(tmp_path / "two").load()
     assert loaded.trainer["step"] == 4 and loaded.model.lm_head.weight.shape[0] == loaded.model.cfg.vocab_size
 
     # resume with 2 processes ...
@@ -173,3 +173,24 @@ def test_ddp_two_processes_match_one_and_a_killed_rank_stops_the_job(bytes_data,
     cfg.train.max_steps = saved + 2
     res = train(cfg, run, resume=True, quiet=True)
     assert res["step"] == saved + 2
+
+
+def test_fsdp_rollback_after_resume_restores_the_optimizer(bytes_data, tmp_path):
+    # A resumed run's ring of snapshots is empty, so a spike soon after --resume rolls back to a checkpoint on
+    # disk: for FSDP2 a sharded one, whose weights, optimizer moments and RNG must all come back (issue 10).
+    # The reference rolls back to the same step from its in-memory snapshot, in one uninterrupted process.
+    spike = dict(stability__policy="rollback", stability__rollback_steps=4, stability__snapshot_every=4,
+                 stability__skip_batches=2, stability__inject="nan@9", train__max_steps=12)
+    train(_config(bytes_data, train__batch_size=2, train__grad_accum=4, **spike), tmp_path / "one", quiet=True)
+    ref = _losses(tmp_path / "one")
+
+    fsdp = _config(bytes_data, train__batch_size=2, train__grad_accum=4, train__parallel="fsdp", **spike)
+    toml = _write(fsdp, tmp_path / "fsdp.toml")
+    _torchrun(2, toml, tmp_path / "two", "--train.max_steps", "8")
+    _torchrun(2, toml, tmp_path / "two", "--resume")
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    rollbacks = [r for r in rows if r.get("type") == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["detail"]["to_step"] == 4, rollbacks
+    got = _losses(tmp_path / "two")  # the last line of each step: after the rollback, steps 5-12 retrained
+    assert sorted(got) == list(range(1, 13))
+    _assert_same_curve(got, ref)

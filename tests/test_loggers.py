@@ -3,7 +3,7 @@
 import pytest
 from conftest import tiny_config
 
-from nextoken.train.loop import train
+from nextoken.training.loop import train
 
 
 def test_tensorboard_event_files(bytes_data, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nextoken.config import ModelConfig
-from nextoken.model import GPT, KVCache, flops_per_token, param_counts
+from nextoken.model import GPT, KVCache, param_counts, training_flops_per_token
 
 VARIANTS = [
     {},
@@ -69,10 +69,13 @@ def test_gpt2_init_scales_residual_projections():
 
 
 def test_flops_per_token_is_6n_plus_attention():
+    # 6 FLOPs per matmul weight (the blocks' matrices and the output layer) plus attention's 12·L·D·T (PaLM,
+    # appendix B); GPT-2 small has no biases here, so its non-embedding parameters are matrices and norms.
     cfg = ModelConfig(n_layer=12, n_head=12, d_model=768, block_size=1024, vocab_size=50257)
     n = param_counts(cfg).non_embedding
     assert abs(n - 85e6) / 85e6 < 0.01  # GPT-2 small: ~85M non-embedding parameters
-    assert flops_per_token(cfg) == 6 * (n + 50257 * 768) + 12 * 12 * 768 * 1024
+    norms = (2 * 12 + 1) * 768
+    assert training_flops_per_token(cfg) == 6 * (n - norms + 50257 * 768) + 12 * 12 * 768 * 1024
 
 
 def test_next_token_distribution_shows_the_prompt_tokens_and_flags_a_trailing_space(bpe_data, bytes_data):

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from nextoken.train.objective import IGNORE_INDEX, next_token_loss
+from nextoken.training.objective import IGNORE_INDEX, next_token_loss
 
 
 def test_in_place_cross_entropy_matches_torch_in_value_and_gradient():

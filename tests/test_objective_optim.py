@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from nextoken.config import ModelConfig, OptimConfig
 from nextoken.model import GPT
-from nextoken.train.objective import IGNORE_INDEX, next_token_loss
-from nextoken.train.optim import build_optimizer, lr_at, param_groups
+from nextoken.training.objective import IGNORE_INDEX, next_token_loss
+from nextoken.training.optim import build_optimizer, lr_at, param_groups
 
 
 def test_cross_entropy_matches_torch_and_ignores_padding():
@@ -98,7 +98,7 @@ def test_linear_wsd_constant_schedules():
 
 
 def test_gradient_accumulation_equals_one_larger_batch():
-    from nextoken.train.loop import _forward_backward  # the loop's own step
+    from nextoken.training.loop import _forward_backward  # the loop's own step
 
     torch.manual_seed(0)
     cfg_m = ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=20)
@@ -112,10 +112,11 @@ def test_gradient_accumulation_equals_one_larger_batch():
             return rows[:, :-1], rows[:, 1:]
 
     from nextoken.config import Config
-    from nextoken.train.distributed import Dist, rank_slices
-    from nextoken.train.objective import loss_fn
-    from nextoken.train.runtime import DeviceBatches, make_runtime
-    from nextoken.train.stability import Faults
+    from nextoken.data.prefetch import DeviceBatches
+    from nextoken.device import make_runtime
+    from nextoken.training.distributed import Dist, rank_slices
+    from nextoken.training.faults import Faults
+    from nextoken.training.objective import loss_fn
 
     results = []
     for model, (bs, accum) in ((a, (8, 1)), (b, (2, 4))):

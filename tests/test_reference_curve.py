@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from nextoken.config import build_config
-from nextoken.train.loop import train
+from nextoken.training.loop import train
 
 REFERENCE = Path(__file__).parent / "data" / "reference_curve.json"
 REL_TOL = 1e-6

@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 
-import nextoken.train.loop as loop
+import nextoken.training.loop as loop
 from nextoken.cli import main
 from nextoken.config import build_config
 from nextoken.errors import NextokenError
-from nextoken.scaling.flops import training_flops_per_token
+from nextoken.model.counting import training_flops_per_token
 from nextoken.scaling.sweep import collect_points, plan_sweep, read_plan, run_config, sweep
 
 SWEEP_ARGS = ["--budgets", "4e8,1e9", "--sizes", "3", "--spread", "6", "--tokens-per-param", "1",

@@ -2,7 +2,7 @@ import json
 
 from conftest import tiny_config
 
-from nextoken.train.loop import train
+from nextoken.training.loop import train
 
 
 def test_tiny_run_trains_and_writes_contract_files(bytes_data, tmp_path):

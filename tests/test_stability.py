@@ -12,12 +12,16 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from nextoken import inference
+from nextoken import checkpoint as ckpt
+from nextoken.checkpoint import single
 from nextoken.errors import CheckpointError, ConfigError
-from nextoken.train import checkpoint as ckpt
-from nextoken.train import loop
-from nextoken.train.loop import train
-from nextoken.train.stability import Faults, GracefulStop, Interrupted, SpikeDetector, StabilityError
+from nextoken.run import Run
+from nextoken.training import loop
+from nextoken.training.faults import Faults
+from nextoken.training.guard import StabilityError
+from nextoken.training.loop import train
+from nextoken.training.signals import GracefulStop, Interrupted
+from nextoken.training.spikes import SpikeDetector
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +127,7 @@ def test_rollback_restores_an_earlier_snapshot_and_skips_batches(bytes_data, tmp
     d = rollback["detail"]
     assert d["to_step"] == 10 and d["from_step"] == 15 and d["skipped_batches"] == 10 and d["data_step"] == 20
     assert res["step"] == 24 and len(events(run, "rollback")) == 1
-    trainer = ckpt.read_trainer(ckpt.resolve_checkpoint(run))
+    trainer = ckpt.read_trainer(ckpt.resolve(run))
     assert trainer["data_step"] == 24 - 10 + 20 and trainer["stability"]["rollbacks"] == [15]
     final = {r["step"]: r["loss"] for r in rows(run, "train")}  # the last line per step wins
     assert final[24] < spike["detail"]["loss"] / 2
@@ -151,7 +155,7 @@ def test_rollback_gives_up_after_too_many(bytes_data, tmp_path):
 
 def test_full_disk_while_checkpointing_is_a_clear_error_and_the_previous_checkpoint_loads(
         bytes_data, tmp_path, monkeypatch):
-    real, calls = ckpt.save_file, []
+    real, calls = single.save_file, []
 
     def save_file(tensors, path, *a, **kw):
         calls.append(path)
@@ -161,12 +165,12 @@ def test_full_disk_while_checkpointing_is_a_clear_error_and_the_previous_checkpo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return real(tensors, path, *a, **kw)
 
-    monkeypatch.setattr(ckpt, "save_file", save_file)
+    monkeypatch.setattr(single, "save_file", save_file)
     run = tmp_path / "run"
     with pytest.raises(CheckpointError, match="disk is full.*previous checkpoint is intact"):
         train(tiny_config(bytes_data), run, quiet=True)
     assert not list((run / "checkpoints").glob(".tmp-*"))
-    loaded = inference.load(run)
+    loaded = Run(run).load()
     assert loaded.checkpoint.name == "step_00000010" and loaded.trainer["step"] == 10
 
 
@@ -188,7 +192,7 @@ def test_ctrl_c_saves_at_the_current_step_and_resume_continues(bytes_data, tmp_p
     cfg = tiny_config(bytes_data, train__ckpt_every=0, train__eval_every=0)
     with pytest.raises(Interrupted, match="interrupted at step 8") as info:
         train(cfg, run, quiet=True)
-    assert info.value.exit_code == 130 and ckpt.resolve_checkpoint(run).name == "step_00000008"
+    assert info.value.exit_code == 130 and ckpt.resolve(run).name == "step_00000008"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     monkeypatch.undo()
     assert train(cfg, run, resume=True, quiet=True)["step"] == 20

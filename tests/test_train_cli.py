@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from nextoken.cli import main
 from nextoken.config import build_config
 from nextoken.errors import ConfigError
-from nextoken.train.loop import train
+from nextoken.training.loop import train
 
 
 def weights(run):

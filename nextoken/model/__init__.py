@@ -1,4 +1,4 @@
-from nextoken.model.counting import flops_per_token, param_counts
+from nextoken.model.counting import param_counts, training_flops_per_token
 from nextoken.model.gpt import GPT, KVCache
 
-__all__ = ["GPT", "KVCache", "flops_per_token", "param_counts"]
+__all__ = ["GPT", "KVCache", "param_counts", "training_flops_per_token"]

@@ -1,4 +1,12 @@
-"""Parameter and FLOP counts for a nextoken model, from its config alone (no weights needed)."""
+"""Parameter and FLOP counts of a nextoken model from its config alone (no weights needed): the one FLOP count
+that scaling budgets and MFU both use, equal to PyTorch's FlopCounterMode (tests/test_scaling_laws.py).
+
+A matmul of (m x k) by (k x n) costs 2mkn FLOPs forward; backward computes the gradients of both
+operands, twice that (Kaplan et al. 2020, §2.1). Embedding lookups, norms, activations and the
+softmax are not matmuls and are left out, as in every published count. Attention is counted over
+all T x T query-key pairs, as PaLM's 12·L·D·T does (Chowdhery et al. 2022, appendix B) and as
+PyTorch's FlopCounterMode does for the math kernel; a causal kernel does about half of that work.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +22,9 @@ class ParamCounts:
     non_embedding: int  # what scaling laws call N (Kaplan et al. 2020, §2.1)
 
 
-def _mlp_hidden(cfg: ModelConfig) -> int:
-    if cfg.mlp == "swiglu":
-        return (int(2 * cfg.mlp_ratio * cfg.d_model / 3) + 7) // 8 * 8
-    return int(cfg.mlp_ratio * cfg.d_model)
-
-
 def param_counts(cfg: ModelConfig) -> ParamCounts:
-    D, V, L, F = cfg.d_model, cfg.vocab_size, cfg.n_layer, _mlp_hidden(cfg)
+    """Trainable parameters of the model `cfg` describes, split as Kaplan et al. (2020, §2.1) do."""
+    D, V, L, F = cfg.d_model, cfg.vocab_size, cfg.n_layer, cfg.mlp_hidden
     b = 1 if cfg.bias else 0
     norm = D * (2 if (cfg.norm_type == "layernorm" and cfg.bias) else 1)
     attn = D * 3 * D + b * 3 * D + D * D + b * D
@@ -36,10 +39,46 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     return ParamCounts(non_embedding + embedding, embedding, non_embedding)
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Training FLOPs per token, forward and backward: 6 per weight of every matmul the token goes
-    through (the non-embedding weights and the output projection) plus attention's
-    12 * L * D * T (PaLM, Chowdhery et al. 2022, appendix B)."""
-    T = seq_len or cfg.block_size
-    n_matmul = param_counts(cfg).non_embedding + cfg.vocab_size * cfg.d_model
-    return 6.0 * n_matmul + 12.0 * cfg.n_layer * cfg.d_model * T
+def flops_6nd(params: float, tokens: float) -> float:
+    """Training FLOPs by the standard estimate C = 6ND (Kaplan et al. 2020, eq. 2.1 and §2.1)."""
+    return 6.0 * params * tokens
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, float]:
+    """Forward FLOPs per token of each matmul family, for a sequence of `seq_len` (default block_size)."""
+    T, D, L, V, F = seq_len or cfg.block_size, cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.mlp_hidden
+    n_mlp = 3 if cfg.mlp == "swiglu" else 2
+    return {
+        "qkv": L * 2 * D * 3 * D,
+        "attn_scores": L * 2 * T * D,  # q·k for T keys, all heads together: 2·T·(H·K)
+        "attn_values": L * 2 * T * D,  # the weighted sum of T values
+        "attn_proj": L * 2 * D * D,
+        "mlp": L * 2 * n_mlp * D * F,
+        "logits": 2 * D * V,
+    }
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Forward plus backward FLOPs per trained token: 3x the forward matmuls."""
+    return 3.0 * sum(forward_flops_per_token(cfg, seq_len).values())
+
+
+def training_flops(cfg: ModelConfig, tokens: float, seq_len: int | None = None) -> float:
+    """Training FLOPs of `tokens` tokens (exact count, forward and backward)."""
+    return training_flops_per_token(cfg, seq_len) * tokens
+
+
+def measured_flops_per_token(cfg: ModelConfig, batch: int = 1) -> float:
+    """FLOPs of one forward and backward pass of the real model as PyTorch's FlopCounterMode counts them,
+    per token; attention runs on the math kernel, whose matmuls the counter sees on every device."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nextoken.model.gpt import GPT
+
+    model = GPT(cfg)
+    idx = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(idx).float().logsumexp(-1).sum().backward()
+    return counter.get_total_flops() / (batch * cfg.block_size)

@@ -96,12 +96,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
+        F_ = cfg.mlp_hidden
         if self.swiglu:
-            # SwiGLU keeps the parameter count of a 4x GELU MLP with 2/3 of the width (Shazeer 2020).
-            F_ = _round_up(int(2 * cfg.mlp_ratio * cfg.d_model / 3), 8)
             self.gate = nn.Linear(cfg.d_model, F_, bias=cfg.bias)
-        else:
-            F_ = int(cfg.mlp_ratio * cfg.d_model)
         self.fc = nn.Linear(cfg.d_model, F_, bias=cfg.bias)
         self.proj = nn.Linear(F_, cfg.d_model, bias=cfg.bias)
         self.proj.residual = True
@@ -110,10 +107,6 @@ class MLP(nn.Module):
     def forward(self, x_BTD):
         h_BTF = F.silu(self.gate(x_BTD)) * self.fc(x_BTD) if self.swiglu else F.gelu(self.fc(x_BTD))
         return self.drop(self.proj(h_BTF))
-
-
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
 
 
 class Block(nn.Module):

@@ -10,6 +10,7 @@ from refitting on bootstrap resamples of the points.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -294,3 +295,77 @@ def plot_fit(result: dict, path: str | Path, law=None) -> Path:
 def _as_law_from(result: dict) -> ParametricLaw:
     return ParametricLaw("fit", *(float(result[k]) for k in KEYS))
 
+
+def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = None, bootstrap: int = 100,
+            out: str | Path | None = None, plot: str | Path | None = None) -> tuple[dict, object]:
+    """Fit a sweep directory (its finished runs) or a CSV of points (header params,tokens,loss), write fit.json
+    (default SWEEP/fit.json, or beside the CSV) and the IsoFLOP figure (default isoflop.png beside it).
+    Returns (the fit's figures, the law `plan --fit` loads from it). Raises NextokenError for neither or both
+    sources, a negative bootstrap count, or unreadable inputs."""
+    from nextoken.data.prepare import read_manifest
+    from nextoken.scaling.plan import load_fit
+    from nextoken.scaling.sweep import collect_points
+
+    if (sweep is None) == (points_csv is None):
+        raise NextokenError("give a sweep directory or --points FILE.csv (one of them)")
+    if bootstrap < 0:
+        raise NextokenError(f"--bootstrap must be >= 0, got {bootstrap}")
+    model = None
+    if sweep is not None:
+        points, base = collect_points(sweep)
+        model = vars(base.model)
+        out = Path(out or Path(sweep) / "fit.json")
+    else:
+        points = read_points_csv(points_csv)
+        out = Path(out or Path(points_csv).with_suffix(".fit.json"))
+    result = fit_points(points, bootstrap)
+    result["flops_convention"] = "exact" if model else "6ND"
+    if model:
+        result["model"] = model
+        with contextlib.suppress(NextokenError, KeyError, TypeError):  # only a warning in `plan` depends on it
+            result["train_tokens"] = int(read_manifest(base.data.path)["splits"]["train"]["tokens"])
+        if points:  # how `plan` can print the command that trains its model the way the sweep trained its own
+            largest = max(points, key=lambda p: (p["budget"], p["params"]))
+            result["train"] = {"config": str((Path(sweep) / largest["name"] / "config.toml").resolve()),
+                               "tokens_per_step": base.train.batch_size * base.train.grad_accum
+                               * base.model.block_size, "warmup_steps": base.optim.warmup_steps}
+    write_fit(result, out)
+    law = load_fit(out)
+    figure = plot_fit(result, plot or out.with_name("isoflop.png"), law)
+    result.update(fit_json=str(out), plot=str(figure))
+    return result, law
+
+
+def format_fit(r: dict, law) -> str:
+    """What `nextoken fit` prints: the fitted constants with their intervals, the IsoFLOP minima, and the
+    prediction at 4x the largest budget."""
+    a3, a2 = r["approach3"], r.get("approach2") or {}
+    ci = a3.get("ci90", {})
+
+    def show(k: str) -> str:
+        return f"{r[k]:.4g}" + (f"  [{ci[k][0]:.4g}, {ci[k][1]:.4g}]" if k in ci else "")
+
+    ch = r["chinchilla"]
+    lines = [f"{r['n_points']} runs; approach 3, L(N, D) = E + A/N^alpha + B/D^beta"
+             + (f" (90% bootstrap intervals, {a3['bootstrap']} resamples)" if ci else "") + ":"]
+    lines += [f"  {k:<6} {show(k)}" for k in ("E", "A", "B", "alpha", "beta")]
+    lines.append(f"  rms log residual {a3['rms_log_residual']:.4f};  N_opt ∝ C^{a3['a']:.3f}, D_opt ∝ C^{a3['b']:.3f}"
+                 f"  (Chinchilla: alpha {ch['alpha']:.3f}, beta {ch['beta']:.3f}, a {ch['a']:.3f}, b {ch['b']:.3f})")
+    if "a" in a2:
+        lines.append(f"approach 2 (IsoFLOP minima): N_opt ∝ C^{a2['a']:.3f}, D_opt ∝ C^{a2['b']:.3f}")
+    for p in a2.get("profiles", []):
+        if "params_opt" in p:
+            lines.append(f"  C {p['flops']:.3g}: N_opt {p['params_opt']:.4g}, D_opt {p['tokens_opt']:.4g} "
+                         f"({p['tokens_opt'] / p['params_opt']:.1f} tokens/param), loss {p['loss_opt']:.4f}"
+                         + ("" if p["bracketed"] else "  (outside the sampled sizes: not used)"))
+        else:
+            lines.append(f"  C {p['flops']:.3g}: no minimum (the profile is not convex)")
+    C = max(p["flops"] for p in r["points"])
+    N, D = law.optimal(4 * C)
+    L2 = law.optimal_loss(4 * C)
+    lines.append(f"at 4x the largest budget ({4 * C:.3g} FLOPs): N {N:.4g}, D {D:.4g} ({D / N:.1f} tokens/param), "
+                 + f"predicted loss {law.loss(N, D):.4f} (approach 3's L(N, D))"
+                 + (f"; the IsoFLOP minima's L_opt = E + k·C^-{r['frontier']['gamma']:.3f} says {L2:.4f}"
+                    if L2 is not None else "; fewer than 3 IsoFLOP minima, so no minima's law"))
+    lines.append(f"wrote {r['fit_json']} and {r['plot']}; next: nextoken plan --fit {r['fit_json']} --flops C")
+    return "\n".join(lines)

@@ -12,11 +12,10 @@ import numpy as np
 
 from nextoken.config import ModelConfig
 from nextoken.errors import NextokenError
-from nextoken.model.counting import param_counts
-from nextoken.scaling.flops import training_flops_per_token
+from nextoken.hardware import PEAK_BF16, gpu_peak_bf16
+from nextoken.model.counting import param_counts, training_flops_per_token
 from nextoken.scaling.laws import ParametricLaw, get_law
 from nextoken.scaling.shapes import describe, shape_for_params
-from nextoken.train.runtime import PEAK_BF16
 
 
 @dataclass(frozen=True)
@@ -126,9 +125,8 @@ def _solve_compute(law, target: float, index: int) -> float:
 
 
 def device_peak(device: str) -> float:
-    for key, peak in PEAK_BF16.items():
-        if key.lower() == device.lower().removeprefix("nvidia").strip(" -"):
-            return peak
+    if (peak := gpu_peak_bf16(device)) is not None:
+        return peak
     raise NextokenError(f"unknown --device {device!r}; known: {', '.join(PEAK_BF16)} (or pass --tokens-per-s)")
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from nextoken.config import ModelConfig
-from nextoken.model.counting import param_counts
+from nextoken.model.counting import param_counts, training_flops_per_token
 
 ASPECT = 64  # d_model / n_layer
 # A one-layer transformer cannot compose attention heads (no induction heads; Olsson et al. 2022), and its loss
@@ -56,8 +56,6 @@ def _heads(d_model: int, pos: str) -> int:
 
 def describe(cfg: ModelConfig) -> dict:
     """The shape as `plan --json` prints it, with its exact parameter counts and FLOPs per token."""
-    from nextoken.scaling.flops import training_flops_per_token
-
     counts = param_counts(cfg)
     return {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "d_model": cfg.d_model, "block_size": cfg.block_size,
             "vocab_size": cfg.vocab_size, "params_non_embedding": counts.non_embedding, "params_total": counts.total,

@@ -1,6 +1,6 @@
 """IsoFLOP sweeps: per compute budget, a family of model sizes, each trained for exactly its budget.
 
-Each run is an ordinary run directory, SWEEP/c<budget>-n<params>/, trained by nextoken.train.loop.train
+Each run is an ordinary run directory, SWEEP/c<budget>-n<params>/, trained by nextoken.training.loop.train
 with train.max_steps = D / tokens_per_step, so its LR schedule ends at the budget (Hoffmann et al. 2022
 §3.1: a cosine cycle longer than the run overestimates its loss). A sweep interrupted anywhere continues
 where it stopped: finished runs are read back, a run with a checkpoint resumes from it, and a run
@@ -25,8 +25,8 @@ from pathlib import Path
 from nextoken.config import Config, config_from_dict
 from nextoken.data.prepare import read_manifest
 from nextoken.errors import NextokenError
-from nextoken.model.counting import param_counts
-from nextoken.scaling.flops import training_flops_per_token
+from nextoken.model.counting import param_counts, training_flops_per_token
+from nextoken.run import read_metrics
 from nextoken.scaling.shapes import shape_for_params
 
 # With the `scaling` preset on the built-in corpus (7 sizes over a factor 30, centred at 150 tokens per
@@ -129,15 +129,8 @@ def run_config(base: Config, spec: RunSpec) -> Config:
 
 def finished_result(run_dir: Path, max_steps: int) -> dict | None:
     """The final eval line of a run that reached max_steps, else None."""
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return None
     result = None
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
+    for row in read_metrics(run_dir):
         if row.get("kind") == "eval" and row.get("step") == max_steps and row.get("split") == "val":
             result = row
     return result
@@ -146,10 +139,19 @@ def finished_result(run_dir: Path, max_steps: int) -> dict | None:
 def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, spread: float = 16.0,
           tokens_per_param: float = TOKENS_PER_PARAM, log: Callable[[str], None] = print,
           dry_run: bool = False, jobs: int = 1, seeds: int = 1) -> list[dict]:
-    """Train (or continue) the IsoFLOP sweep in `out`, `jobs` runs at a time; one point per run."""
+    """Train (or continue) the IsoFLOP sweep in `out`, `jobs` runs at a time; one point per run. An empty
+    `base.data.path` means the built-in corpus (prepared once and cached). Raises NextokenError for bad
+    arguments or a failed run (rerunning the same sweep continues it)."""
+    from nextoken.data.builtin import stdlib_data
+
+    if jobs < 1:
+        raise NextokenError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out)
-    manifest = read_manifest(base.data.path)
     base = copy.deepcopy(base)
+    if not base.data.path:
+        base.data.path = str(stdlib_data(base.data.tokenizer, base.data.vocab_size, log=log))
+    base.data.path = str(Path(base.data.path).resolve())
+    manifest = read_manifest(base.data.path)
     base.model.vocab_size = base.model.vocab_size or manifest["vocab_size"]
     specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log, seeds)
     if not specs:
@@ -189,9 +191,10 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, s
 
 def _train_run(base: Config, spec: RunSpec, run_dir: Path, log: Callable[[str], None], tag: str) -> dict:
     """Train (or resume) one run of the sweep; its final val loss and bits per byte."""
-    from nextoken.train import loop
+    from nextoken.checkpoint import latest_checkpoint
+    from nextoken.training import loop
 
-    resume = (run_dir / "checkpoints" / "latest").is_file()
+    resume = latest_checkpoint(run_dir) is not None
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
     log(f"{tag}{'resuming' if resume else 'training'} {spec.name}")

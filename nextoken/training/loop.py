@@ -8,22 +8,26 @@ from pathlib import Path
 
 import torch
 
+from nextoken import checkpoint as ckpt
 from nextoken.config import Config
 from nextoken.data.loader import BatchSampler, TokenData
+from nextoken.data.prefetch import DeviceBatches
 from nextoken.data.prepare import read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
+from nextoken.device import Runtime, make_runtime
 from nextoken.errors import CheckpointError, ConfigError
 from nextoken.eval.evaluate import evaluate
-from nextoken.model import GPT, flops_per_token, param_counts
-from nextoken.train import checkpoint as ckpt
-from nextoken.train import distributed
-from nextoken.train.autocompile import choose_compile
-from nextoken.train.logger import Display, MetricsLog
-from nextoken.train.objective import loss_fn
-from nextoken.train.optim import build_optimizer, lr_at, set_lr
-from nextoken.train.rundir import holds_run, open_run_dir
-from nextoken.train.runtime import DeviceBatches, Runtime, make_runtime, peak_flops
-from nextoken.train.stability import Faults, GracefulStop, Guard, Interrupted
+from nextoken.hardware import mfu, peak_flops
+from nextoken.model import GPT, param_counts, training_flops_per_token
+from nextoken.run import check_resumable, create_run_dir
+from nextoken.training import distributed
+from nextoken.training.autocompile import choose_compile
+from nextoken.training.faults import Faults
+from nextoken.training.guard import Guard
+from nextoken.training.logger import Display, MetricsLog
+from nextoken.training.objective import loss_fn
+from nextoken.training.optim import build_optimizer, lr_at, set_lr
+from nextoken.training.signals import GracefulStop, Interrupted
 
 
 @dataclass
@@ -65,9 +69,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
         display.message(message)
 
     guard = Guard(cfg.stability, report)
-    state = _resume(run_dir, cfg, model, optimizer, guard, rt) if resume else TrainState()
+    state = _resume(run_dir, cfg, model, optimizer, guard) if resume else TrainState()
     if d.is_main:  # only rank 0 writes the run directory, logs and metrics
-        open_run_dir(run_dir, cfg, data_dir, resume)  # after the resume checks: a refused resume touches nothing
+        create_run_dir(run_dir, cfg, data_dir, resume)  # after the resume checks: a refused resume touches nothing
     d.barrier()
     log = MetricsLog(run_dir, cfg, enabled=d.is_main)
     if resume:
@@ -86,7 +90,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
         log.write("event", step=state.step, type="compile", detail={"reason": choice.reason, **choice.figures})
         display.message(choice.reason)
     tokens_per_step = t.batch_size * t.grad_accum * m.block_size
-    flops_tok = flops_per_token(m)
+    flops_tok, peak = training_flops_per_token(m), peak_flops(rt.device, rt.dtype)  # MFU's numerator and its device
 
     def run_eval() -> dict:
         res = evaluate(model, val, m.block_size, token_bytes, t.eval_tokens, t.batch_size, rt.device, rt.autocast)
@@ -98,7 +102,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
 
     def save() -> Path:
         trainer = {**vars(state), "model_hash": cfg.model_hash(), "model": vars(m), "stability": guard.state_dict()}
-        path = distributed.save_checkpoint(d, run_dir, state.step, model, optimizer, trainer, _rng_tensors(), t.keep)
+        path = ckpt.save(run_dir, state.step, model, optimizer, trainer, keep=t.keep, sharded=d.parallel == "fsdp",
+                         is_main=d.is_main, barrier=d.barrier)
         log.write("event", step=state.step, type="checkpoint", detail=path.name)
         return path
 
@@ -140,10 +145,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 tps = (state.tokens - tokens_last) / max(now - t_start, 1e-9)
                 t_start, tokens_last = now, state.tokens
-                mfu = _mfu(flops_tok * tps, rt)
+                util = mfu(tps, flops_tok, peak, d.world)  # tps is the whole job's: over every device's peak
                 log.write("train", step=state.step, tokens=state.tokens, loss=loss, lr=lr, grad_norm=grad_norm,
-                          tokens_per_s=tps, mfu=mfu, elapsed_s=state.elapsed_s)
-                display.update(state.step, loss, tps, mfu)
+                          tokens_per_s=tps, mfu=util, elapsed_s=state.elapsed_s)
+                display.update(state.step, loss, tps, util)
 
             # ---- eval, checkpoint (their time is left out of the next tokens/s) ----
             last, t_pause = state.step == t.max_steps, time.perf_counter()
@@ -163,7 +168,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
         log.close()
     if result is None:  # resumed a finished run
         result = run_eval()
-    last_ckpt = last_ckpt or ckpt.resolve_checkpoint(run_dir)
+    last_ckpt = last_ckpt or ckpt.resolve(run_dir)
     return {**result, "step": state.step, "tokens": state.tokens, "run": str(run_dir),
             "checkpoint": str(last_ckpt), "elapsed_s": state.elapsed_s, "rank": d.rank,
             "model": distributed.full_model(model, d, lambda: GPT(m))}  # FSDP2: gathered on rank 0
@@ -190,18 +195,6 @@ def _forward_backward(model, step_fn, batches: DeviceBatches, data_step: int, cf
     return d.mean(loss_sum / n_micro).item(), grad_norm
 
 
-def _mfu(flops_per_s: float, rt: Runtime) -> float | None:
-    peak = peak_flops(rt)
-    return flops_per_s / peak if peak else None
-
-
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    out = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        out["rng.cuda"] = torch.cuda.get_rng_state()
-    return out
-
-
 def _rollback(guard: Guard, state: TrainState, step: int, run_dir: Path, model, optimizer) -> TrainState:
     """Restore the state to roll back to (stability.py) and delete the checkpoints of the abandoned
     branch, so that a later --resume continues from the rolled-back run."""
@@ -210,22 +203,16 @@ def _rollback(guard: Guard, state: TrainState, step: int, run_dir: Path, model, 
     return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], state.elapsed_s, state.compiled)
 
 
-def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard, rt: Runtime) -> TrainState:
-    if not holds_run(run_dir):
-        raise CheckpointError(f"{run_dir} has no checkpoint to resume from (it holds no run); check --out, "
-                            "or run without --resume")
-    try:
-        path = ckpt.resolve_checkpoint(run_dir)
-    except CheckpointError:  # killed before its first checkpoint: start it again from step 0
+def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard) -> TrainState:
+    check_resumable(run_dir)
+    path = ckpt.latest_checkpoint(run_dir)
+    if path is None:  # killed before its first checkpoint: start it again from step 0
         return TrainState()
     trainer = ckpt.read_trainer(path)
     if trainer.get("model_hash") != cfg.model_hash():
         raise CheckpointError(f"{path} was trained with a different model config; resume with the run's "
                               "own config (drop the --model.* flags)")
-    tensors = ckpt.load_training_state(path, model, optimizer)  # either format, any world size
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and rt.device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    ckpt.restore(path, model, optimizer, rng=True)  # either format, any world size
     guard.load_state_dict(trainer.get("stability", {}))
     return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], trainer.get("elapsed_s", 0.0),
                       trainer.get("compiled"))

@@ -64,7 +64,7 @@ class MetricsLog:
 
 def _end_cut_line(path: Path) -> None:
     """A process killed mid-write leaves a last line without its newline; end it, so that the next line
-    written is whole (read_metrics skips the cut one)."""
+    written is whole (run.read_metrics skips the cut one)."""
     if path.is_file() and path.stat().st_size:
         with path.open("rb+") as fh:
             fh.seek(-1, 2)
@@ -78,18 +78,6 @@ def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
     return v
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Lines of metrics.jsonl; a run resumed after a crash repeats steps, and the last line wins."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    return rows
 
 
 class Display:

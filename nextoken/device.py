@@ -1,0 +1,73 @@
+"""The device a process trains on, its precision (autocast dtype), and CPU allocator tuning: chosen once per
+process."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from nextoken.config import TrainConfig
+from nextoken.errors import ConfigError
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype; None means plain fp32
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.dtype is None else "bf16"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA GPU is visible; use --train.device cpu")
+    return dev
+
+
+def make_runtime(cfg: TrainConfig, device: torch.device | None = None) -> Runtime:
+    device = device or pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_large_allocations_on_the_heap()
+    # auto: bf16 autocast with fp32 master weights on CUDA; fp32 on CPUs, where bf16 matmuls are
+    # ~500x slower on this project's 2-core AMD machines (docs/LOG.md).
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, torch.bfloat16 if bf16 else None)
+
+
+@functools.cache
+def keep_large_allocations_on_the_heap() -> bool:
+    """Serve tensors up to 1 GiB from glibc's heap and never give freed memory back, so that a training step
+    reuses the memory of the last one. By default glibc maps every allocation over 32 MiB afresh and unmaps it
+    on free: the tiny preset's logits, their gradient and the output layer's result were page-faulted anew
+    every step (13,000 faults a step); this way 0, and a step is 9% faster (151 -> 138 ms, three A/B pairs
+    on a quiet 2-core box; docs/LOG.md). The same reuse is why PyTorch's CPU tuning guide suggests jemalloc or
+    tcmalloc. A no-op where libc is not glibc; done once per process. Returns whether it took effect."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
