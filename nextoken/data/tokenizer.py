@@ -6,6 +6,11 @@
 
 Byte-level means lossless: every string is a sequence of bytes and every byte has a token, so
 decode(encode(s)) == s for any valid text (emoji, CJK, control characters).
+
+Text is text: the literal characters of a special token ("<|endoftext|>" in a tokenizer tutorial or in
+nextoken's own source) are encoded like any other characters, in documents and in prompts alike; only
+prepare inserts the separator id, once after each document. Every tokenizer this module returns has
+`encode_special_tokens` set for that (the flag is not saved in tokenizer.json, so loading sets it again).
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ def byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
+def _text_only(tok: Tokenizer) -> Tokenizer:
+    # tokenizers splits added tokens out of the input before the model sees it, so a literal
+    # "<|endoftext|>" inside a document would become a separator; this makes it ordinary text.
+    tok.encode_special_tokens = True
+    return tok
+
+
 def _byte_level(tok: Tokenizer, use_regex: bool) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
     tok.decoder = decoders.ByteLevel()
@@ -47,7 +59,9 @@ def _byte_level(tok: Tokenizer, use_regex: bool) -> Tokenizer:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Byte-level BPE on the given documents; the 256 byte symbols are always in the vocabulary."""
+    """Byte-level BPE on the given documents; the 256 byte symbols are always in the vocabulary.
+    The trainer adds the special tokens only after training, so it learns from their literals in the
+    documents as ordinary text: the same way the documents are then encoded."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise DataError(f"--vocab-size {vocab_size} is too small; a byte-level BPE needs at least "
                         f"{256 + len(SPECIAL_TOKENS)}")
@@ -59,7 +73,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return tok
+    return _text_only(tok)
 
 
 def bytes_tokenizer() -> Tokenizer:
@@ -67,7 +81,7 @@ def bytes_tokenizer() -> Tokenizer:
     vocab = {ch: b for b, ch in byte_to_unicode().items()}
     tok = _byte_level(Tokenizer(models.BPE(vocab=vocab, merges=[])), use_regex=False)
     tok.add_special_tokens(SPECIAL_TOKENS)
-    return tok
+    return _text_only(tok)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -80,7 +94,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise DataError(f"{p} is not a Hugging Face tokenizer.json; pass bpe, bytes or a valid file") from None
     if tok.token_to_id(EOT) is None:
         tok.add_special_tokens([EOT])
-    return tok
+    return _text_only(tok)
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:
