@@ -101,7 +101,7 @@ def stream_text(tokenizer, model: GPT, prompt: str, max_new_tokens: int, **kw) -
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     from nextoken.data.tokenizer import eot_id
 
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids  # a typed "<|endoftext|>" is text, as in training
     if prompt and not ids:  # a tokenizer without byte fallback drops characters it does not know
         raise NextokenError(f"the prompt {prompt[:40]!r} has no character this model's tokenizer knows; "
                             "use text like the training data")

@@ -185,3 +185,77 @@ def test_context_longer_than_data_is_a_clear_error(bytes_data):
     data = TokenData(bytes_data, "val")
     with pytest.raises(DataError, match="fewer than one context window"):
         BatchSampler(data, data.n_tokens + 10, seed=0)
+
+
+# ---- special-token literals are text (issue 15, fault 3) ----
+
+LITERAL_DOCS = [
+    "import tokenizers\n# GPT-2 ends every text with <|endoftext|>; a document may say so.\n",
+    "def f():\n    return 1\n",
+    "s = 'a<|endoftext|>b<|endoftext|>'  # twice, and the bare literal: <|endoftext|>",
+]
+
+
+def _write_corpus(tmp_path, docs, fmt):
+    if fmt == "files":
+        folder = tmp_path / "corpus"
+        folder.mkdir()
+        for i, doc in enumerate(docs):
+            (folder / f"doc_{i}.py").write_text(doc)
+        return str(folder)
+    if fmt == "jsonl":
+        (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+        return str(tmp_path / "c.jsonl")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": docs}), tmp_path / "c.parquet")
+    return str(tmp_path / "c.parquet")
+
+
+def _documents(data_dir, split):
+    """The documents of a prepared split, decoded: the token runs between separators."""
+    m = json.loads((data_dir / "manifest.json").read_text())
+    tok = load_tokenizer(data_dir / "tokenizer.json")
+    ids = np.concatenate([np.fromfile(data_dir / split / s, dtype=m["dtype"]) for s in m["splits"][split]["shards"]])
+    ends = np.flatnonzero(ids == m["eot_id"])
+    assert len(ends) == m["splits"][split]["documents"] and ends[-1] == len(ids) - 1  # one separator each
+    return [tok.decode(run[:-1].tolist(), skip_special_tokens=False) for run in np.split(ids, ends + 1)[:-1]]
+
+
+@pytest.mark.parametrize("fmt", ["files", "jsonl", "parquet"])
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_special_token_literals_in_documents_are_text(tmp_path, kind, fmt):
+    src = _write_corpus(tmp_path, LITERAL_DOCS, fmt)
+    m = prepare([src], tmp_path / "d", quiet(tokenizer=kind, vocab_size=300, val_fraction=0.5), log=print)
+    assert m["documents"] == 3
+    assert m["splits"]["val"]["bytes"] + m["splits"]["train"]["bytes"] == sum(len(d.encode()) for d in LITERAL_DOCS)
+    assert _documents(tmp_path / "d", "val") == LITERAL_DOCS[0::2]  # documents 0 and 2 (val_fraction 0.5)
+    assert _documents(tmp_path / "d", "train") == LITERAL_DOCS[1:2]
+
+
+def test_literals_of_any_registered_special_token_are_text(tmp_path):
+    tok = bytes_tokenizer()
+    tok.add_special_tokens(["<s>", "</s>", "<|im_start|>"])
+    tok.save(str(tmp_path / "chat.json"))
+    docs = ["<s>a chat</s> template: <|im_start|>user\n", "plain text\n", "<|im_start|><|endoftext|></s>"]
+    prepare([_write_corpus(tmp_path, docs, "files")], tmp_path / "d",
+            quiet(tokenizer=str(tmp_path / "chat.json"), val_fraction=0.5), log=print)
+    assert _documents(tmp_path / "d", "val") + _documents(tmp_path / "d", "train") == [docs[0], docs[2], docs[1]]
+
+
+def test_bpe_learns_special_token_literals_as_the_text_it_then_encodes():
+    tok = train_bpe(["x = '<|endoftext|>'\n" * 50, "print(x)\n" * 50], 300)
+    enc = tok.encode("a<|endoftext|>b", add_special_tokens=False)
+    assert tok.token_to_id("<|endoftext|>") not in enc.ids
+    assert tok.decode(enc.ids, skip_special_tokens=False) == "a<|endoftext|>b"
+    assert "endoftext" in tok.get_vocab()  # merges learned from the literal, not skipped
+
+
+def test_a_special_token_literal_typed_in_a_prompt_is_text(bytes_data):
+    from nextoken.generate import encode_prompt
+
+    tok = load_tokenizer(bytes_data / "tokenizer.json")
+    ids = encode_prompt(tok, "x<|endoftext|>")
+    assert tok.token_to_id("<|endoftext|>") not in ids and tok.decode(ids) == "x<|endoftext|>"
+    assert encode_prompt(tok, "") == [tok.token_to_id("<|endoftext|>")]  # an empty prompt starts a document

@@ -1,5 +1,9 @@
 """Text to token shards: DATA/tokenizer.json, DATA/{train,val}/*.bin, DATA/manifest.json.
 
+Beside each token shard `shard_N.bin` lies `bytes_N.bin`: the UTF-8 bytes of text each token position
+stands for (BYTES_DTYPE), so bits per byte is exact for any window of any tokenizer. Data prepared
+before 2026-11-30 has no byte shards; evaluation then falls back on token_byte_lengths.
+
 Streaming: documents are read one at a time, tokenized in batches of about `buffer_mb`, and
 appended to the current shard, so memory is bounded by the buffer, not by the corpus. BPE training
 needs a first pass over the train documents; it reads at most `tokenizer_sample_mb` of them.
@@ -14,6 +18,7 @@ so an interrupted or failed prepare leaves no half-written data and never touche
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -27,11 +32,20 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from nextoken.data import sources as S
-from nextoken.data.tokenizer import bytes_tokenizer, eot_id, load_tokenizer, tokenizer_hash, train_bpe
+from nextoken.data.tokenizer import (
+    bytes_tokenizer,
+    encode_documents,
+    eot_id,
+    load_tokenizer,
+    token_byte_lengths,
+    tokenizer_hash,
+    train_bpe,
+)
 from nextoken.errors import DataError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+BYTES_DTYPE = np.dtype(np.uint16)  # bytes per token position; larger counts are spread (_fit_counts)
 
 
 @dataclass
@@ -58,35 +72,58 @@ class _ShardWriter:
         self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
         self.tokens = self.bytes = self.documents = 0
         self.shards: list[str] = []
-        self._fh = None
+        self.byte_shards: list[str] = []
+        self._fhs = None  # (token file, byte-count file) of the current shard
         self._in_shard = 0
 
-    def write(self, ids: np.ndarray) -> None:
+    def write(self, ids: np.ndarray, counts: np.ndarray) -> None:
+        counts = _fit_counts(counts)
         while len(ids):
-            if self._fh is None or self._in_shard >= self.shard_tokens:
+            if self._fhs is None or self._in_shard >= self.shard_tokens:
                 self._open()
             take = min(len(ids), self.shard_tokens - self._in_shard)
             try:
-                self._fh.write(ids[:take].astype(self.dtype, copy=False).tobytes())
+                self._fhs[0].write(ids[:take].astype(self.dtype, copy=False).tobytes())
+                self._fhs[1].write(counts[:take].astype(BYTES_DTYPE, copy=False).tobytes())
             except OSError as e:
                 raise DataError(f"cannot write {self.folder}: {e.strerror}; free disk space and rerun") from None
             self._in_shard += take
             self.tokens += take
-            ids = ids[take:]
+            ids, counts = ids[take:], counts[take:]
 
     def _open(self) -> None:
         self.close()
-        name = f"shard_{len(self.shards):05d}.bin"
-        self.shards.append(name)
-        self._fh = open(self.folder / name, "wb")  # noqa: SIM115 (closed in close())
+        n = len(self.shards)
+        self.shards.append(f"shard_{n:05d}.bin")
+        self.byte_shards.append(f"bytes_{n:05d}.bin")
+        self._fhs = tuple(open(self.folder / name, "wb") for name in (self.shards[-1], self.byte_shards[-1]))
         self._in_shard = 0
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        for fh in self._fhs or ():
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+        self._fhs = None
+
+
+def _fit_counts(counts: np.ndarray) -> np.ndarray:
+    """Byte counts that fit BYTES_DTYPE with the same sum: a position standing for more (a WordPiece
+    [UNK] for a 100 kB word, a long stretch a tokenizer drops) keeps the most it can hold and its
+    excess goes to the next positions, then to the previous ones. Rare, so a Python loop."""
+    cap = np.iinfo(BYTES_DTYPE).max
+    if len(counts) == 0 or counts.max() <= cap:
+        return counts
+    out = np.minimum(counts, cap)
+    carry = int((counts - out).sum())
+    for i in itertools.chain(range(int(np.argmax(counts > cap)), len(out)), range(len(out) - 1, -1, -1)):
+        take = min(carry, cap - int(out[i]))
+        out[i] += take
+        carry -= take
+        if not carry:
+            return out
+    raise DataError(f"{int(counts.sum())} bytes of text gave only {len(counts)} tokens; the tokenizer drops "
+                    "most of the text: pass one that covers the corpus (bpe or bytes cover any text)")
 
 
 def _split_of(i: int, val_fraction: float) -> str:
@@ -141,7 +178,7 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
     try:
         writers = {s: _ShardWriter(tmp / s, dtype, opt.shard_tokens) for s in SPLITS}
         stats = S.ReadStats()
-        _encode_all(srcs, tok, eot, writers, stats, opt, total_bytes)
+        _encode_all(srcs, tok, writers, stats, opt, total_bytes)
         for w in writers.values():
             w.close()
         if stats.documents == 0:
@@ -164,7 +201,9 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
             "skipped_not_utf8": len(stats.skipped_not_utf8),
             "utf8_replacements": stats.replaced,
             "val_fraction": opt.val_fraction,
-            "splits": {s: {"tokens": w.tokens, "bytes": w.bytes, "documents": w.documents, "shards": w.shards}
+            "byte_dtype": BYTES_DTYPE.name,
+            "splits": {s: {"tokens": w.tokens, "bytes": w.bytes, "documents": w.documents, "shards": w.shards,
+                           "byte_shards": w.byte_shards}
                        for s, w in writers.items()},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -191,7 +230,7 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
     return manifest
 
 
-def _encode_all(srcs, tok, eot, writers, stats, opt, total_bytes) -> None:
+def _encode_all(srcs, tok, writers, stats, opt, total_bytes) -> None:
     buffers: dict[str, list[str]] = {s: [] for s in SPLITS}
     sizes = dict.fromkeys(SPLITS, 0)
     limit = int(opt.buffer_mb * 1e6)
@@ -200,15 +239,16 @@ def _encode_all(srcs, tok, eot, writers, stats, opt, total_bytes) -> None:
         docs = buffers[split]
         if not docs:
             return
-        encs = tok.encode_batch(docs, add_special_tokens=False)
-        eot_arr = np.array([eot], dtype=np.int64)
-        ids = np.concatenate([a for e in encs for a in (np.asarray(e.ids, dtype=np.int64), eot_arr)])
+        ids, counts = encode_documents(tok, docs, token_bytes)
+        n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+        assert int(counts.sum()) == n_bytes, "encode_documents attributes every byte of the documents once"
         w = writers[split]
-        w.write(ids)
+        w.write(ids, counts)
         w.documents += len(docs)
-        w.bytes += sum(len(d.encode("utf-8")) for d in docs)
+        w.bytes += n_bytes
         buffers[split], sizes[split] = [], 0
 
+    token_bytes = token_byte_lengths(tok)
     progress = _progress(total_bytes) if opt.progress else None
     on_bytes = (lambda n: progress.advance(progress.task_ids[0], n)) if progress else None
     try:
@@ -250,6 +290,24 @@ def read_manifest(data_dir: str | Path) -> dict:
         raise DataError(f"{d} was prepared by an incompatible nextoken (format "
                         f"{manifest.get('format_version')}); prepare it again")
     return manifest
+
+
+def open_byte_counts(data_dir: str | Path, split: str) -> list[np.memmap] | None:
+    """The bytes each token position of `split` stands for, one memmap per token shard (shards laid
+    out as TokenData's), or None for data prepared before prepare recorded them."""
+    d = Path(data_dir)
+    manifest = read_manifest(d)
+    info = manifest["splits"][split]
+    if "byte_shards" not in info:
+        return None
+    out = []
+    for name in info["byte_shards"]:
+        path = d / split / name
+        if not path.is_file():
+            raise DataError(f"{path} is missing; prepare the data again")
+        if path.stat().st_size:  # TokenData skips empty token shards too
+            out.append(np.memmap(path, dtype=np.dtype(manifest["byte_dtype"]), mode="r"))
+    return out
 
 
 def open_tokenizer(data_dir: str | Path) -> Tokenizer:

@@ -1,13 +1,15 @@
 """Held-out loss, perplexity, bits per token and bits per byte.
 
 bits_per_byte = loss * n_tokens / (n_bytes * ln 2), n_bytes the UTF-8 bytes of the evaluated
-targets: each target token contributes the bytes it stands for (0 for the end-of-text separator),
-so the figure is exact for any slice of the split and compares runs with different tokenizers.
+targets: each target position contributes the bytes of text it stands for, as prepare recorded them
+beside the tokens (data/tokenizer.py encode_documents), so the figure is exact for any slice of the
+split and compares runs with different tokenizers, byte-level or not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import numpy as np
@@ -15,30 +17,47 @@ import torch
 import torch.nn.functional as F
 
 from nextoken.data.loader import TokenData, eval_windows
+from nextoken.data.prepare import open_byte_counts
+from nextoken.errors import DataError
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_bytes: np.ndarray,
              max_tokens: int = 0, batch_size: int = 16, device: torch.device | str = "cpu",
              autocast=contextlib.nullcontext) -> dict:
+    """`token_bytes` (token_byte_lengths) counts the bytes only for data prepared without byte shards."""
     was_training = model.training
     model.eval()
     nll_sum, n_tokens, n_bytes = 0.0, 0, 0
-    lengths = torch.from_numpy(token_bytes)
     xs, ys = [], []
+    counts = open_byte_counts(data.dir, data.split)
+    if counts is None:
+        lengths = torch.from_numpy(token_bytes)
+        target_bytes = (lengths[y] for _, y in eval_windows(data, block_size, max_tokens))
+    else:
+        if [len(c) for c in counts] != [len(s) for s in data.shards]:
+            raise DataError(f"the byte shards of {data.dir}/{data.split} do not match its token shards; "
+                            "prepare the data again")
+        # The byte counts are laid out as the tokens, so the same windows over them give each target's bytes.
+        layout = copy.copy(data)
+        layout.shards = counts
+        target_bytes = (y for _, y in eval_windows(layout, block_size, max_tokens))
 
     def run_batch() -> None:
-        nonlocal nll_sum, n_tokens, n_bytes
+        nonlocal nll_sum, n_tokens
         x, y = torch.stack(xs).to(device), torch.stack(ys)
         with autocast():
             logits = model(x)
         nll_sum += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
         n_tokens += y.numel()
-        n_bytes += int(lengths[y].sum())
         xs.clear()
         ys.clear()
 
-    for x, y in eval_windows(data, block_size, max_tokens):
+    for (x, y), y_bytes in zip(eval_windows(data, block_size, max_tokens), target_bytes, strict=True):
+        if (y_bytes < 0).any():
+            raise DataError(f"{data.dir} was prepared before nextoken recorded the bytes of each token, which "
+                            "this tokenizer needs for bits per byte; prepare the data again")
+        n_bytes += int(y_bytes.sum())
         xs.append(x)
         ys.append(y)
         if len(xs) == batch_size:
