@@ -305,6 +305,9 @@ def format_plan(res: dict) -> str:
         lines.append("same loss   " + (f"a compute-optimal model reaches {res['loss']:.4f} with {same:.4g} FLOPs "
                                         f"({same / res['flops']:.2f}x this budget)" if same is not None else
                                         "beyond what the law allocates between 1 and 3e56 FLOPs"))
+        if opt["loss"] > res["loss"]:  # a law that allocates by a rule and takes its loss from another fit
+            lines.append("note        this allocation's predicted loss beats the law's own allocation: "
+                         f"{res['law']} allocates by a rule fitted apart from the loss it predicts with")
     lines += [
         f"shape       {s['n_layer']} layers x {s['d_model']} wide, {s['n_head']} heads, context {s['block_size']}, "
         f"vocab {s['vocab_size']}: {s['params_non_embedding']:,} non-embedding / {s['params_total']:,} parameters",
