@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", help="PNG path (default RUN/loss.png)")
     pt.set_defaults(handler=cmd_plot)
 
-    pl = sub.add_parser("plan", help="compute-optimal model size, tokens and loss for a budget")
+    pl = sub.add_parser("plan", help="compute-optimal model size, tokens and loss for a budget; given two of C, N, "
+                        "D, the third and what that allocation costs against the optimum")
     pl.add_argument("--flops", type=_number, help="training compute C in FLOPs")
     pl.add_argument("--params", type=_number, help="parameters N")
     pl.add_argument("--tokens", type=_number, help="training tokens D")
@@ -343,7 +344,7 @@ def cmd_plot(args, extra) -> int:
 
 def cmd_plan(args, extra) -> int:
     from nextoken.config import ModelConfig
-    from nextoken.scaling.plan import plan
+    from nextoken.scaling.plan import format_plan, plan
 
     base = ModelConfig()
     if args.vocab_size is not None:
@@ -357,42 +358,8 @@ def cmd_plan(args, extra) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    s = res["shape"]
-    lines = [
-        f"law         {res['law']}  (budget by {res['flops_convention']})",
-        f"compute     {res['flops']:.3e} FLOPs",
-        f"params N    {res['params']:.4g}",
-        f"tokens D    {res['tokens']:.4g}   ({res['tokens_per_param']:.1f} tokens per parameter)",
-        f"loss        {res['loss']:.4f} nats/token (predicted"
-        + (f": approach 3's L(N, D) of this model; the IsoFLOP minima's law says {res['loss_minima']:.4f})"
-           if res["loss_minima"] is not None else ")"),
-        f"shape       {s['n_layer']} layers x {s['d_model']} wide, {s['n_head']} heads, context {s['block_size']}, "
-        f"vocab {s['vocab_size']}: {s['params_non_embedding']:,} non-embedding / {s['params_total']:,} parameters",
-        f"exact       {s['flops_per_token']:.4g} FLOPs per token -> {res['flops_exact']:.3e} FLOPs for D tokens",
-    ]
-    if res["law"].startswith("fit:") and res["loss_minima"] is None:
-        lines.append("note        the fit has fewer than 3 IsoFLOP minima; in docs/LOG.md's checks, fits on two "
-                     "budgets predicted 3.1-3.2% too low at 4x (on three or more: within 2.3%)")
-    if res.get("data_passes", 0) > 1:
-        lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
-                     "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
-                     "expect a higher loss than predicted, or prepare more data")
-    if "train_command" in res:
-        lines.append(f"train       {res['steps']:,} steps of the sweep's {res['tokens_per_step']:,} tokens, trained as "
-                     f"its runs were:\n            {res['train_command']}")
-    if "time_s" in res:
-        how = (f"at {args.tokens_per_s:g} tokens/s" if args.tokens_per_s else
-               f"on one {args.device} at MFU {args.mfu:g}, exact FLOPs")
-        lines.append(f"time        {_duration(res['time_s'])} {how}")
-    _err("\n".join(lines))
+    _err(format_plan(res))
     return 0
-
-
-def _duration(s: float) -> str:
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if s >= size:
-            return f"{s / size:.1f} {unit}"
-    return f"{s:.0f} s"
 
 
 def cmd_sweep(args, extra) -> int:

@@ -65,7 +65,7 @@ class OptimConfig:
     eps: float = _f(1e-8, "AdamW epsilon")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
     schedule: str = _f("cosine", "LR schedule after warmup", ("cosine", "linear", "wsd", "constant"))
-    warmup_steps: int = _f(100, "linear warmup steps")
+    warmup_steps: int = _f(100, "linear warmup steps; one that does not fit in train.max_steps is cut to a tenth of it")
     min_lr_ratio: float = _f(0.1, "final LR as a fraction of the peak")
     decay_ratio: float = _f(0.2, "wsd: fraction of the steps spent in the final decay")
 

@@ -1,4 +1,5 @@
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 from nextoken.config import ModelConfig, OptimConfig
 from nextoken.model import GPT
 from nextoken.training.objective import IGNORE_INDEX, next_token_loss
-from nextoken.training.optim import build_optimizer, lr_at, param_groups
+from nextoken.training.optim import build_optimizer, effective_warmup, lr_at, param_groups
 
 
 def test_cross_entropy_matches_torch_and_ignores_padding():
@@ -133,3 +134,64 @@ def test_gradient_accumulation_equals_one_larger_batch():
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-6)
     assert math.isfinite(results[0][1])
+
+
+# ---- schedule edges: any lengths, the last step at the floor (issue 15, fault 5) ------------------------
+
+SCHEDULES = ("cosine", "linear", "wsd", "constant")
+W = 10
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("warmup", [0, 1, W])
+@pytest.mark.parametrize("max_steps", [1, 2, W, W + 1, W + 2, 100])
+def test_schedule_edges_rise_to_peak_then_end_at_floor(schedule, warmup, max_steps):
+    cfg = OptimConfig(lr=2.0, warmup_steps=warmup, min_lr_ratio=0.1, schedule=schedule)
+    peak, floor = 2.0, 0.2
+    lrs = [lr_at(s, cfg, max_steps) for s in range(max_steps)]
+    w = effective_warmup(cfg, max_steps)
+    assert w == (warmup if warmup < max_steps else max_steps // 10)  # a warmup that does not fit: a tenth of the run
+    assert all(0 < lr <= peak * (1 + 1e-12) for lr in lrs)
+    assert lrs[-1] == pytest.approx(peak if schedule == "constant" else floor, rel=1e-12)
+    rise, rest = lrs[:w], lrs[w:]
+    assert rise == pytest.approx([peak * (s + 1) / w for s in range(w)])  # linear, reaching the peak at step w-1
+    assert all(a < b for a, b in pairwise(rise))
+    assert all(a >= b for a, b in pairwise(rest))  # non-increasing after warmup
+    if max_steps >= 2:  # every run but a single step reaches the peak (one step is the last, at the floor)
+        assert max(lrs) == pytest.approx(peak)
+
+
+def test_tiny_preset_warmup_with_twenty_steps_is_a_tenth():
+    cfg = OptimConfig(lr=1.0, warmup_steps=50, min_lr_ratio=0.1, schedule="cosine")  # the tiny preset's warmup
+    lrs = [lr_at(s, cfg, 20) for s in range(20)]
+    assert lrs[:2] == pytest.approx([0.5, 1.0]) and lrs[-1] == pytest.approx(0.1)
+
+
+def test_wsd_with_a_decay_shorter_than_one_step_still_ends_at_the_floor():
+    cfg = OptimConfig(lr=1.0, warmup_steps=5, min_lr_ratio=0.0, schedule="wsd", decay_ratio=0.005)
+    assert lr_at(98, cfg, 100) == 1.0 and lr_at(99, cfg, 100) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("warmup,max_steps", [(10, 12), (10, 100), (3, 40), (50, 20)])
+def test_warmup_cosine_and_linear_match_torch_sequential_lr(warmup, max_steps):
+    """Parity with PyTorch's LinearLR warmup (factor (s+1)/w) then CosineAnnealingLR or LinearLR to the floor,
+    over the whole run, for lengths where PyTorch's decay has at least one step (T_max >= 1)."""
+    floor_ratio = 0.1
+    for schedule in ("cosine", "linear"):
+        cfg = OptimConfig(lr=1.0, warmup_steps=warmup, min_lr_ratio=floor_ratio, schedule=schedule)
+        w = effective_warmup(cfg, max_steps)
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=1.0)
+        span = max_steps - 1 - w
+        decay = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=span, eta_min=floor_ratio)
+                 if schedule == "cosine" else
+                 torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=floor_ratio, total_iters=span))
+        if w > 1:
+            rise = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / w, end_factor=1.0, total_iters=w - 1)
+            sched = torch.optim.lr_scheduler.SequentialLR(opt, [rise, decay], milestones=[w])
+        else:
+            sched = decay
+        for step in range(max_steps):
+            assert lr_at(step, cfg, max_steps) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), (schedule, step)
+            opt.step()
+            sched.step()

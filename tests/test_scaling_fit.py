@@ -96,8 +96,8 @@ def test_fit_and_plan_cli_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["plan"], "exactly one"),
-    (["plan", "--flops", "1e20", "--params", "1e9"], "exactly one"),
+    (["plan"], "none given"),
+    (["plan", "--flops", "1e20", "--params", "1e9", "--tokens", "1e12"], "disagrees"),  # 6ND = 6e21
     (["plan", "--flops", "-5"], "positive"),
     (["plan", "--params", "0"], "positive"),
     (["plan", "--flops", "1e20", "--law", "gpt5"], "unknown --law"),

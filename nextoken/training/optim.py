@@ -26,28 +26,48 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
                              eps=cfg.eps, fused=device.type in ("cuda", "cpu") or None)
 
 
+def effective_warmup(cfg: OptimConfig, max_steps: int) -> int:
+    """Warmup steps of a run of `max_steps`: `cfg.warmup_steps` where it fits (fewer than max_steps), else a
+    tenth of the run, rounded down (0 below 10 steps), the sweep's rule (sweep.run_schedule). A run shorter than
+    its warmup (the tiny preset's 50 with --train.max_steps 20) then still reaches the peak and decays."""
+    return cfg.warmup_steps if cfg.warmup_steps < max_steps else max_steps // 10
+
+
+def _progress(step: int, start: int, max_steps: int) -> float:
+    """Fraction in [0, 1] of the way from step `start` (0: the peak) to the last step, max_steps - 1 (1: the
+    floor). A decay with no room (start >= the last step) is 1: the last step ends at the floor."""
+    span = max_steps - 1 - start
+    return 1.0 if span <= 0 else min((step - start) / span, 1.0)
+
+
 def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup to the peak, then the schedule
-    down to min_lr_ratio * peak at the last step."""
+    """Learning rate for optimizer step `step` (0-based) of a run of `max_steps` (>= 1).
+
+    Linear warmup over effective_warmup(cfg, max_steps) = w steps, reaching the peak cfg.lr at step w - 1;
+    then the schedule from the peak at step w down to the floor min_lr_ratio * cfg.lr at the last step
+    (max_steps - 1), whatever the lengths: with one step after warmup that step is at the floor, and a
+    single-step run is at the floor. `constant` stays at the peak. Same units as cfg.lr."""
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return peak * (step + 1) / cfg.warmup_steps
+    warmup = effective_warmup(cfg, max_steps)
+    if step < warmup:
+        return peak * (step + 1) / warmup
     if cfg.schedule == "constant":
         return peak
     if cfg.schedule == "wsd":
-        # warmup-stable-decay (Hu et al. 2024, MiniCPM): flat, then linear to the floor.
-        decay_start = max(cfg.warmup_steps, int(max_steps * (1 - cfg.decay_ratio)))
+        # warmup-stable-decay (Hu et al. 2024, MiniCPM): flat, then linear to the floor over the last
+        # decay_ratio of the steps.
+        decay_start = max(warmup, int(max_steps * (1 - cfg.decay_ratio)))
         if step < decay_start:
             return peak
-        progress = (step - decay_start) / max(1, max_steps - 1 - decay_start)
-        return peak - (peak - floor) * min(progress, 1.0)
-    progress = min((step - cfg.warmup_steps) / max(1, max_steps - 1 - cfg.warmup_steps), 1.0)
+        return peak - (peak - floor) * _progress(step, decay_start, max_steps)
+    progress = _progress(step, warmup, max_steps)
     if cfg.schedule == "linear":
         return peak - (peak - floor) * progress
-    # cosine (Loshchilov & Hutter 2017, without restarts)
+    # cosine (Loshchilov & Hutter 2017, eq. 5, without restarts)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for g in optimizer.param_groups:
         g["lr"] = lr
+
