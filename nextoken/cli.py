@@ -1,4 +1,4 @@
-"""The `nextoken` command: parses, calls the library, prints (STYLE rule 1).
+"""The `nextoken` command: parses, calls the library, prints.
 
 Human output goes to stderr; `--json` prints one JSON object on stdout and nothing else there.
 Errors are one line on stderr with a non-zero exit; `--debug` shows the traceback.

@@ -1,4 +1,4 @@
-"""One typed config tree: data, model, optim, train, stability, log (STYLE rule 4).
+"""One typed config tree: data, model, optim, train, stability, log.
 
 Every field has a default and a one-line doc (its `help`), which `nextoken train --help` prints.
 Precedence: defaults < preset < TOML file (`--config`) < `--section.field VALUE` flags.

@@ -1,4 +1,4 @@
-"""User-facing errors: the CLI prints them as one line and exits non-zero (STYLE rule 7)."""
+"""User-facing errors: the CLI prints them as one line and exits non-zero."""
 
 
 class NextokenError(Exception):

@@ -1,5 +1,5 @@
 """A run directory as an object: its resolved config, tokenizer, metrics, checkpoints, and a model loaded at
-any checkpoint on any device (ARCHITECTURE.md, run directory contract). `eval`, `sample`, `next`, `plot`,
+any checkpoint on any device (the run directory contract; docs/ARCHITECTURE.md). `eval`, `sample`, `next`, `plot`,
 `sweep` and `fit` read runs through it; `train` creates them with `create_run_dir`.
 
     RUN/config.toml        the fully resolved config

@@ -1,4 +1,4 @@
-"""Parity with independent references (issue 10, STYLE rule 8): top-k / top-p filtering against a plain
+"""Parity with independent references (issue 10): top-k / top-p filtering against a plain
 NumPy reading of their definitions, RoPE against the complex-number rotation of Su et al. (2021, eq. 34),
 and the FLOP count MFU divides by against PyTorch's FlopCounterMode (tests/test_scaling_laws.py)."""
 

@@ -1,4 +1,4 @@
-"""The on-disk layout of RUN/checkpoints/ and its atomic mechanics (ARCHITECTURE.md, run directory contract).
+"""The on-disk layout of RUN/checkpoints/ and its atomic mechanics (the run directory contract).
 
 A checkpoint is written into a temporary directory, fsynced, and renamed into place; `latest` is replaced by
 an atomic rename after that. A kill at any instant therefore leaves the previous checkpoint whole and

@@ -1,4 +1,4 @@
-"""The training loop: one function, read top to bottom (STYLE rule 3)."""
+"""The training loop: one function, read top to bottom."""
 
 from __future__ import annotations
 
