@@ -48,6 +48,11 @@ class ModelConfig:
     rope_base: float = _f(10000.0, "RoPE base frequency")
 
     @property
+    def head_dim(self) -> int:
+        """K, the width of one attention head: d_model / n_head."""
+        return self.d_model // self.n_head
+
+    @property
     def mlp_hidden(self) -> int:
         """The MLP's hidden width F. SwiGLU keeps the parameter count of a GELU MLP of ratio r with 2/3 of its
         width (Shazeer 2020), rounded up to a multiple of 8."""

@@ -1,6 +1,6 @@
 """A decoder-only transformer (GPT-2 family, with the common modern options).
 
-Shape suffixes: B batch, T time (positions), D d_model, H heads, K head size (D/H), V vocab,
+Shape suffixes: B batch, T time (positions), D d_model, H heads, K head_dim (D/H), V vocab,
 F MLP hidden width, S positions held in the KV-cache, G = 2H query and key heads side by side.
 """
 
@@ -42,7 +42,7 @@ class KVCache:
     """Keys and values of the positions seen so far, per layer: each new token costs one position."""
 
     def __init__(self, cfg: ModelConfig, batch: int, device, dtype):
-        H, K, S = cfg.n_head, cfg.d_model // cfg.n_head, cfg.block_size
+        H, K, S = cfg.n_head, cfg.head_dim, cfg.block_size
         self.k = [torch.zeros(batch, H, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(batch, H, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.pos = 0
@@ -66,13 +66,13 @@ class Attention(nn.Module):
 
     def forward(self, x_BTD, rope=None, cache: KVCache | None = None):
         B, T, D = x_BTD.shape
-        H = self.cfg.n_head
+        H, K = self.cfg.n_head, self.cfg.head_dim
         # queries and keys side by side as 2H heads: RoPE rotates both in one pass (half the elementwise ops;
         # the same arithmetic per element, so the same results). One split, not two slices: the backward of a
         # slice zero-fills a tensor of the whole qkv's size, a split's just concatenates.
         qk_BT2D, v_BTD = self.qkv(x_BTD).split([2 * D, D], dim=2)
-        v_BHTK = v_BTD.view(B, T, H, D // H).transpose(1, 2)
-        qk_BGTK = qk_BT2D.view(B, T, 2 * H, D // H).transpose(1, 2)
+        v_BHTK = v_BTD.view(B, T, H, K).transpose(1, 2)
+        qk_BGTK = qk_BT2D.view(B, T, 2 * H, K).transpose(1, 2)
         if rope is not None:
             qk_BGTK = apply_rope(qk_BGTK, *rope)
         q_BHTK, k_BHTK = qk_BGTK.split(H, dim=1)
@@ -139,7 +139,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.d_model // cfg.n_head, cfg.block_size, cfg.rope_base)
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
