@@ -30,6 +30,7 @@ import torch
 from nextoken.config import build_config
 from nextoken.data.prepare import PrepareOptions, prepare
 from nextoken.model import param_counts, training_flops_per_token
+from nextoken.run import Run
 from nextoken.training.distributed import exit_process, init_distributed, shutdown
 from nextoken.training.loop import train
 
@@ -89,8 +90,8 @@ def main() -> None:
         wall = time.perf_counter() - t0
         if res.get("rank", 0) != 0:
             return
-        rows = [json.loads(line) for line in (Path(res["run"]) / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if r["kind"] == "train" and r["step"] > args.warmup]
+        rows = Run(res["run"]).metrics("train")
+    timed = [r for r in rows if r["step"] > args.warmup]
     tps = statistics.median(r["tokens_per_s"] for r in timed)
     mfu = [r["mfu"] for r in timed if r["mfu"] is not None]
     if torch.cuda.is_available():

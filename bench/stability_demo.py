@@ -9,10 +9,11 @@ Prints one line per run and the rollback run's gap to the clean one (the goal: u
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from nextoken.run import Run
 
 FAULTS = "lr@500x100,nan@700"  # a 100x LR step (the loss spikes at the next step), then a non-finite loss
 COMMON = ["--model.n_layer", "4", "--model.n_head", "4", "--model.d_model", "128", "--model.block_size", "128",
@@ -43,10 +44,10 @@ def main() -> None:
         run = Path(args.out) / name
         if not (run / "checkpoints").is_dir():  # an existing run is only plotted again
             nextoken("train", *data, "--out", str(run), "--json", *COMMON, *flags)
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        finals[name] = [r for r in rows if r["kind"] == "eval"][-1]["loss"]
-        events = [f"{e['type']}@{e['step']}" for e in rows if e["kind"] == "event"
-                  and e["type"] in ("spike", "nan", "skip", "rollback")]
+        opened = Run(run)
+        finals[name] = opened.metrics("eval")[-1]["loss"]
+        events = [f"{e['type']}@{e['step']}" for e in opened.events
+                  if e["type"] in ("spike", "nan", "skip", "rollback")]
         png = Path(args.img) / f"stability-{name}.png" if args.img else run / "loss.png"
         nextoken("plot", str(run), "--out", str(png))
         print(f"{name:18s} final val loss {finals[name]:.4f}  incidents: {', '.join(events) or 'none'}  plot {png}")

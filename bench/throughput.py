@@ -24,6 +24,7 @@ import torch
 from nextoken import hardware
 from nextoken.config import build_config
 from nextoken.model import training_flops_per_token
+from nextoken.run import Run
 from nextoken.training.loop import train
 
 SHAPES = {"tiny": None, "6x384x256": (6, 6, 384, 256)}  # tiny: the preset's own shape
@@ -43,8 +44,8 @@ def run_once(shape: str, compile_: str, steps: int, warmup: int, data: str, thre
         t0 = time.perf_counter()
         train(cfg, Path(tmp) / "run", quiet=True)
         wall = time.perf_counter() - t0
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    tps = statistics.median(r["tokens_per_s"] for r in rows if r["kind"] == "train" and r["step"] > warmup)
+        rows = Run(Path(tmp) / "run").metrics("train")
+    tps = statistics.median(r["tokens_per_s"] for r in rows if r["step"] > warmup)
     hardware._MATMUL.clear()  # measure the ceiling again, now
     mm = hardware.matmul_flops(torch.device("cpu"))
     flops = training_flops_per_token(cfg.model) * tps

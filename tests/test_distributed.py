@@ -90,6 +90,7 @@ def test_fsdp_matches_one_process_and_resumes_on_another_world_size(bytes_data, 
     cfg = _config(bytes_data, train__batch_size=2, train__grad_accum=4)
     train(cfg, tmp_path / "one", quiet=True)
     ref = _losses(tmp_path / "one")
+    _assert_mfu_is_per_device(tmp_path / "one", world=1)
 
     fsdp = _config(bytes_data, train__batch_size=2, train__grad_accum=4, train__parallel="fsdp", train__max_steps=4)
     toml = _write(fsdp, tmp_path / "fsdp.toml")
@@ -112,6 +113,19 @@ def test_fsdp_matches_one_process_and_resumes_on_another_world_size(bytes_data, 
         got = _losses(tmp_path / run)
         assert sorted(got) == list(range(1, 9))
         _assert_same_curve(got, ref)
+
+
+def _assert_mfu_is_per_device(run: Path, world: int) -> None:
+    # MFU is the job's model FLOP/s over the peak of all its devices (PaLM, appendix B): tokens_per_s is the
+    # whole job's, so dividing by one device's peak overstated it `world` times (issue 15).
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    hw = [r["detail"] for r in rows if r.get("type") == "hardware"][0]
+    assert hw["processes"] == world and hw["peak_flops_per_device"] > 0
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert train_rows
+    for r in train_rows:
+        expect = r["tokens_per_s"] * hw["flops_per_token"] / (world * hw["peak_flops_per_device"])
+        assert r["mfu"] == pytest.approx(expect, rel=1e-9)
 
 
 def _children(pid: int) -> list[int]:
@@ -165,6 +179,7 @@ def test_ddp_two_processes_match_one_and_a_killed_rank_stops_the_job(bytes_data,
 
     # the steps it took follow the one-process curve, and it wrote the normal single-file checkpoint
     _assert_same_curve({s: v for s, v in _losses(run).items() if s <= 6}, _losses(tmp_path / "one"))
+    _assert_mfu_is_per_device(run, world=2)
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     assert (latest / "model.safetensors").is_file()
 

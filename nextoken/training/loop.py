@@ -112,6 +112,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
                     f"{param_counts(m).total:,} parameters, {tokens_per_step:,} tokens per step, "
                     f"{rt.device.type} {rt.precision}{' compiled' if state.compiled else ''}, "
                     f"stability policy {cfg.stability.policy}")
+    log.write("event", step=state.step, type="hardware",  # what each train line's MFU is measured against
+              detail={"device": str(rt.device), "precision": rt.precision, "processes": d.world,
+                      "peak_flops_per_device": peak, "flops_per_token": flops_tok})
     t0, elapsed0 = time.perf_counter(), state.elapsed_s
     t_start, tokens_last = t0, state.tokens
     result, last_ckpt = None, None
