@@ -159,3 +159,19 @@ def test_no_argument_run_prepares_stdlib_once(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["train", *small], capsys)
     assert code == 0 and "preparing the built-in corpus" not in err  # cached
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_sample_without_seed_is_fresh_each_call_and_its_printed_seed_repeats_it(bytes_data, tmp_path, capsys):
+    # An unseeded generator starts from the same state every time: two calls printed the same text (issue 15).
+    run = tmp_path / "run"
+    train(tiny_config(bytes_data, train__max_steps=4, train__ckpt_every=4), run, quiet=True)
+    args = ["sample", run, "--prompt", "def", "--temperature", "1.0", "--max-new-tokens", "40"]
+    outs, seeds = [], []
+    for _ in range(2):
+        code, out, err = run_cli(args, capsys)
+        assert code == 0
+        seeds.append(int(err.split("seed ", 1)[1].split()[0]))
+        outs.append(out)
+    assert outs[0] != outs[1] and seeds[0] != seeds[1]
+    code, again, err = run_cli([*args, "--seed", seeds[1]], capsys)
+    assert code == 0 and again == outs[1] and "seed" not in err
