@@ -100,37 +100,39 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(handler=cmd_train, config_overrides=True)  # --section.field VALUE
 
     ev = sub.add_parser("eval", help="held-out loss, perplexity, bits per byte of a checkpoint")
-    ev.add_argument("run", metavar="RUN|CKPT")
+    ev.add_argument("run", metavar="RUN|CKPT", help="a run directory (its newest checkpoint) or a checkpoint directory")
     ev.add_argument("--data", help="prepared data directory (default: the run's)")
-    ev.add_argument("--split", default="val")
+    ev.add_argument("--split", default="val", help="val (default) or train")
     ev.add_argument("--tokens", type=_nonnegative_int, default=0, help="tokens to evaluate (default: the whole split)")
     ev.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=cmd_eval)
 
     sa = sub.add_parser("sample", help="generate text")
-    sa.add_argument("run", metavar="RUN|CKPT")
-    sa.add_argument("--prompt", default="")
-    sa.add_argument("--max-new-tokens", type=_positive_int, default=200)
-    sa.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
-    sa.add_argument("--top-k", type=int, default=None)
-    sa.add_argument("--top-p", type=float, default=None)
+    sa.add_argument("run", metavar="RUN|CKPT", help="a run directory (its newest checkpoint) or a checkpoint directory")
+    sa.add_argument("--prompt", default="", help="text to continue (default: none, a fresh document)")
+    sa.add_argument("--max-new-tokens", type=_positive_int, default=200, help="tokens to generate (default 200)")
+    sa.add_argument("--temperature", type=float, default=0.8, help="divides the logits (default 0.8); 0 is greedy")
+    sa.add_argument("--top-k", type=int, default=None, help="sample from the K most likely tokens only")
+    sa.add_argument("--top-p", type=float, default=None,
+                    help="sample from the smallest set of likeliest tokens whose probability reaches P (nucleus)")
     sa.add_argument("--seed", type=int, default=None,
                     help="sampling seed; without it each call draws a fresh one and prints it, so --seed repeats it")
     sa.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
     sa.set_defaults(handler=cmd_sample)
 
     nx = sub.add_parser("next", help="the next-token distribution for a prompt")
-    nx.add_argument("run", metavar="RUN|CKPT")
-    nx.add_argument("--prompt", required=True)
-    nx.add_argument("--temperature", type=float, default=1.0)
-    nx.add_argument("--top", type=int, default=10)
+    nx.add_argument("run", metavar="RUN|CKPT", help="a run directory (its newest checkpoint) or a checkpoint directory")
+    nx.add_argument("--prompt", required=True, help="the text whose next token is shown")
+    nx.add_argument("--temperature", type=float, default=1.0,
+                    help="reshapes the distribution shown (default 1: the one the loss is measured on)")
+    nx.add_argument("--top", type=int, default=10, help="rows shown (default 10)")
     nx.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
     nx.add_argument("--json", action="store_true")
     nx.set_defaults(handler=cmd_next)
 
     pt = sub.add_parser("plot", help="loss and LR curves of a run, as PNG")
-    pt.add_argument("run", metavar="RUN")
+    pt.add_argument("run", metavar="RUN", help="a run directory")
     pt.add_argument("--out", help="PNG path (default RUN/loss.png)")
     pt.set_defaults(handler=cmd_plot)
 
