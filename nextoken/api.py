@@ -106,6 +106,10 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
 
     loaded = _loaded(run, step, device)
     data_dir = data or loaded.run.config.data.path
+    if not data_dir:
+        raise DataError(f"{loaded.run.path} names no prepared data (an imported model); pass --data DIR, prepared "
+                        f"with its tokenizer: nextoken prepare SOURCE --out DIR --tokenizer {loaded.run.path}/"
+                        "tokenizer.json")
     if read_manifest(data_dir)["vocab_size"] > loaded.model.cfg.vocab_size:
         raise DataError(f"{data_dir} has a larger vocabulary than the model; evaluate on the run's own data")
     res = evaluate_model(loaded.model, TokenData(data_dir, split), loaded.model.cfg.block_size,

@@ -176,6 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="print the points as JSON")
     sw.set_defaults(handler=cmd_sweep, config_overrides=True)  # --section.field VALUE sets the base config
 
+    ex = sub.add_parser("export", help="a run as a Hugging Face model directory (transformers loads it as is)")
+    ex.add_argument("run", metavar="RUN|CKPT")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
+    ex.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="cast the weights (default: as trained)")
+    ex.add_argument("--no-check", action="store_true",
+                    help="skip loading the result in transformers and comparing its logits with nextoken's")
+    ex.add_argument("--force", action="store_true", help="replace an existing output directory")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(handler=cmd_export)
+
+    im = sub.add_parser("import", help="a Hugging Face model directory (GPT-2, Llama, GPT-NeoX) as a run")
+    im.add_argument("hf_dir", metavar="HF_DIR")
+    im.add_argument("--out", required=True, help="run directory to create")
+    im.add_argument("--force", action="store_true", help="replace an existing non-run output directory")
+    im.add_argument("--json", action="store_true")
+    im.set_defaults(handler=cmd_import)
+
     ft = sub.add_parser("fit", help="fit your own scaling law to a sweep (approaches 2 and 3 of Chinchilla)")
     ft.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep directory")
     ft.add_argument("--points", help="a CSV with header params,tokens,loss (optional flops,budget)")
@@ -386,6 +404,33 @@ def cmd_fit(args, extra) -> int:
         print(json.dumps(result))
     else:
         _err(format_fit(result, law))
+    return 0
+
+
+def cmd_export(args, extra) -> int:
+    from nextoken.interop.hf_export import export
+
+    res = export(args.run, args.out, args.step, args.dtype, check=not args.no_check, force=args.force)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    check = f"; logits match nextoken's within {res['max_abs_diff']:.1e}" if "max_abs_diff" in res else ""
+    _err(f"wrote {res['out']}: {res['architecture']}, step {res['step']}, {res['dtype']}, "
+         f"{res['bytes'] / 1e6:.1f} MB{check}\nload: AutoModelForCausalLM.from_pretrained({res['out']!r})")
+    return 0
+
+
+def cmd_import(args, extra) -> int:
+    from nextoken.interop.hf_import import import_hf
+
+    res = import_hf(args.hf_dir, args.out, force=args.force)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    m = res["model"]
+    _err(f"imported {res['architecture']} ({m['n_layer']} x {m['d_model']}, vocab {m['vocab_size']}) into "
+         f"{res['run']}\nnext: nextoken eval {res['run']} --data DATA   |   nextoken sample {res['run']}   |   "
+         f"nextoken train --init-from {res['run']} --data DATA --out NEW")
     return 0
 
 
