@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
     tr.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    tr.add_argument("--init-from", metavar="RUN_OR_HF_DIR",
+                    help="continue pretraining from these weights (a run, a checkpoint or a Hugging Face model "
+                         "directory) with a fresh optimizer and schedule, into a new --out; the data must use its "
+                         "tokenizer")
     tr.add_argument("--json", action="store_true", help="print the final figures as JSON")
     tr.set_defaults(handler=cmd_train, config_overrides=True)  # --section.field VALUE
 
@@ -252,7 +256,8 @@ def cmd_train(args, extra) -> int:
     from nextoken.api import default_run_dir, resolve_train_config, train
     from nextoken.config import parse_overrides
 
-    cfg = resolve_train_config(args.preset, args.config, parse_overrides(extra), args.data, args.out, args.resume)
+    cfg = resolve_train_config(args.preset, args.config, parse_overrides(extra), args.data, args.out, args.resume,
+                               args.init_from)
     out = args.out or (None if _under_torchrun() else default_run_dir(args.preset))
     res = train(cfg, out, resume=args.resume, log=_err)  # its first line says where it trains into
     model = res.pop("model")

@@ -229,6 +229,57 @@ def test_round_trip_keeps_every_bit(tmp_path, arch, tied, bias):
     assert a.tokenizer.to_str() == b.tokenizer.to_str()
 
 
+# ---- continued pretraining ----
+
+def test_init_from_an_import_lowers_its_val_loss(tmp_path, corpus_dir):
+    from conftest import tiny_config
+
+    from nextoken.api import resolve_train_config, train
+
+    _hf_model(tmp_path / "hf", "gpt_neox", tied=True)
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    data = tmp_path / "data"
+    prepare([str(corpus_dir)], data, PrepareOptions(tokenizer=str(tmp_path / "run" / "tokenizer.json"),
+                                                    val_fraction=0.1, progress=False), log=lambda m: None)
+    before = evaluate(tmp_path / "run", data)["loss"]
+    for source in (tmp_path / "run", tmp_path / "hf"):  # a run, or the transformers directory itself
+        cfg = resolve_train_config(overrides=[("train.init_from", str(source))], data=data)
+        base = tiny_config(data, train__max_steps=20, train__eval_tokens=0, optim__lr=3e-3)
+        cfg.train, cfg.optim, cfg.log = base.train, base.optim, base.log
+        cfg.train.init_from = str(source)
+        assert cfg.model.d_model == 32 and cfg.model.pos == "rope"  # the shape comes from the source
+        out = tmp_path / f"new-{source.name}"
+        res = train(cfg, out, quiet=True)
+        assert res["loss"] < before - 0.1, (res["loss"], before)
+        events = [e for e in Run(out).events if e["type"] == "init"]
+        assert events and events[0]["detail"]["source"] == str(source)
+
+
+def test_init_from_refuses_data_with_another_tokenizer(tmp_path, bpe_data, capsys):
+    _hf_model(tmp_path / "hf", "gpt2", tied=True)
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    capsys.readouterr()
+    code = main(["train", "--init-from", str(tmp_path / "run"), "--data", str(bpe_data), "--out",
+                 str(tmp_path / "new"), "--train.max_steps", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "tokenizer" in err, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_init_from_takes_the_shape_from_the_source(tmp_path):
+    from nextoken.api import resolve_train_config
+    from nextoken.errors import ConfigError
+
+    _hf_model(tmp_path / "hf", "llama", tied=False)
+    src = str(tmp_path / "hf")
+    cfg = resolve_train_config(overrides=[("model.block_size", "32"), ("model.dropout", "0.1")], init_from=src)
+    assert (cfg.model.n_layer, cfg.model.block_size, cfg.model.dropout, cfg.model.mlp_hidden) == (2, 32, 0.1, 88)
+    with pytest.raises(ConfigError, match="model.n_layer"):
+        resolve_train_config(overrides=[("model.n_layer", "3")], init_from=src)
+    with pytest.raises(ConfigError, match="--resume"):
+        resolve_train_config(out=tmp_path, resume=True, init_from=src)
+
+
 # ---- refusals: one line, nothing written ----
 
 def _refused(capsys, argv, *words) -> str:
