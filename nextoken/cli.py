@@ -78,13 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prepare", help="text to tokenizer + token shards")
     pr.add_argument("sources", nargs="*", default=["stdlib"],
-                    help="files, directories, globs, .jsonl/.parquet files, `stdlib` (default) or `stdlib+tests` "
-                         "(with its test suites: twice the text)")
+                    help="files, directories, globs, .jsonl/.parquet files, Hugging Face datasets (a save_to_disk "
+                         "folder, hf:FILES for arrow/parquet/json/csv, hf:NAME[@SPLIT]), `stdlib` (default) or "
+                         "`stdlib+tests` (with its test suites: twice the text)")
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--tokenizer", default="bpe", help="bpe (trained here), bytes, or a tokenizer.json path")
     pr.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size (default 4096)")
     pr.add_argument("--val-fraction", type=float, default=0.02, help="share of documents in val (default 0.02)")
-    pr.add_argument("--text-field", default="text", help="text field of .jsonl/.parquet rows (default text)")
+    pr.add_argument("--text-field", default="text",
+                    help="text field of .jsonl/.parquet rows and of dataset columns (default text)")
     pr.add_argument("--utf8", choices=("strict", "replace"), default="strict",
                     help="invalid UTF-8: strict refuses the file, replace substitutes U+FFFD and counts")
     pr.add_argument("--force", action="store_true", help="replace an existing output directory")
