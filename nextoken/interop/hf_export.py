@@ -138,7 +138,7 @@ def model_card(loaded, architecture: str, dtype: torch.dtype) -> str:
     else:
         lines += ["No evaluation was recorded for this checkpoint (`nextoken eval RUN --data DATA` measures one).", ""]
     lines += ["## Data", "", data, "", "## Training", "",
-              "Trained with nextoken; this resolved config reproduces the run:",
+              "Trained with nextoken; saved as config.toml, this resolved config reproduces the run:",
               "", f"    nextoken train --config config.toml --data {cfg.data.path or 'DATA'} --out {run.name}", "",
               "```toml", cfg.to_toml().strip(), "```", ""]
     return "\n".join(lines)
