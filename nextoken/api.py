@@ -28,11 +28,15 @@ __all__ = ["Run", "build_config", "evaluate", "fit", "next_token", "plan", "prep
 
 def resolve_train_config(preset: str | None = None, file: str | Path | None = None,
                          overrides: list[tuple[str, str]] | None = None, data: str | Path | None = None,
-                         out: str | Path | None = None, resume: bool = False) -> Config:
+                         out: str | Path | None = None, resume: bool = False,
+                         init_from: str | Path | None = None) -> Config:
     """The config a `train` command means. Precedence: defaults < preset (default `tiny`) < TOML file < flags.
     With `resume` and neither preset nor file, the run's own config.toml replaces preset and file, so
-    `--resume` alone continues the run as it was configured (flags still apply on top).
+    `--resume` alone continues the run as it was configured (flags still apply on top). With `init_from` (or
+    `train.init_from`), the model's fields come from that run or Hugging Face directory (training/init_from.py).
     Raises ConfigError for unknown or ill-typed fields, or `resume` without a run in `out`."""
+    if resume and init_from:
+        raise ConfigError("--init-from starts a new run from other weights and --resume continues a run; pass one")
     if resume and not out:
         raise ConfigError("--resume needs --out RUN, the run to continue")
     if resume:
@@ -49,6 +53,12 @@ def resolve_train_config(preset: str | None = None, file: str | Path | None = No
         validate(cfg)
     else:
         cfg = build_config(preset or "tiny", file, overrides)
+        if init_from:
+            cfg.train.init_from = str(init_from)
+        if cfg.train.init_from:
+            from nextoken.training.init_from import apply_source
+
+            apply_source(cfg, overrides or [])
     if data:
         cfg.data.path = str(data)
     return cfg
@@ -106,6 +116,10 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
 
     loaded = _loaded(run, step, device)
     data_dir = data or loaded.run.config.data.path
+    if not data_dir:
+        raise DataError(f"{loaded.run.path} names no prepared data (an imported model); pass --data DIR, prepared "
+                        f"with its tokenizer: nextoken prepare SOURCE --out DIR --tokenizer {loaded.run.path}/"
+                        "tokenizer.json")
     if read_manifest(data_dir)["vocab_size"] > loaded.model.cfg.vocab_size:
         raise DataError(f"{data_dir} has a larger vocabulary than the model; evaluate on the run's own data")
     res = evaluate_model(loaded.model, TokenData(data_dir, split), loaded.model.cfg.block_size,

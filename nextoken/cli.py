@@ -76,13 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("prepare", help="text to tokenizer + token shards")
     pr.add_argument("sources", nargs="*", default=["stdlib"],
-                    help="files, directories, globs, .jsonl/.parquet files, `stdlib` (default) or `stdlib+tests` "
-                         "(with its test suites: twice the text)")
+                    help="files, directories, globs, .jsonl/.parquet files, Hugging Face datasets (a save_to_disk "
+                         "folder, hf:FILES for arrow/parquet/json/csv, hf:NAME[@SPLIT]), `stdlib` (default) or "
+                         "`stdlib+tests` (with its test suites: twice the text)")
     pr.add_argument("--out", required=True, help="output directory")
     pr.add_argument("--tokenizer", default="bpe", help="bpe (trained here), bytes, or a tokenizer.json path")
     pr.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size (default 4096)")
     pr.add_argument("--val-fraction", type=float, default=0.02, help="share of documents in val (default 0.02)")
-    pr.add_argument("--text-field", default="text", help="text field of .jsonl/.parquet rows (default text)")
+    pr.add_argument("--text-field", default="text",
+                    help="text field of .jsonl/.parquet rows and of dataset columns (default text)")
     pr.add_argument("--utf8", choices=("strict", "replace"), default="strict",
                     help="invalid UTF-8: strict refuses the file, replace substitutes U+FFFD and counts")
     pr.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
     tr.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    tr.add_argument("--init-from", metavar="RUN_OR_HF_DIR",
+                    help="continue pretraining from these weights (a run, a checkpoint or a Hugging Face model "
+                         "directory) with a fresh optimizer and schedule, into a new --out; the data must use its "
+                         "tokenizer")
     tr.add_argument("--json", action="store_true", help="print the final figures as JSON")
     tr.set_defaults(handler=cmd_train, config_overrides=True)  # --section.field VALUE
 
@@ -176,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true", help="print the points as JSON")
     sw.set_defaults(handler=cmd_sweep, config_overrides=True)  # --section.field VALUE sets the base config
 
+    ex = sub.add_parser("export", help="a run as a Hugging Face model directory (transformers loads it as is)")
+    ex.add_argument("run", metavar="RUN|CKPT")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
+    ex.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="cast the weights (default: as trained)")
+    ex.add_argument("--no-check", action="store_true",
+                    help="skip loading the result in transformers and comparing its logits with nextoken's")
+    ex.add_argument("--force", action="store_true", help="replace an existing output directory")
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(handler=cmd_export)
+
+    im = sub.add_parser("import", help="a Hugging Face model directory (GPT-2, Llama, GPT-NeoX) as a run")
+    im.add_argument("hf_dir", metavar="HF_DIR")
+    im.add_argument("--out", required=True, help="run directory to create")
+    im.add_argument("--force", action="store_true", help="replace an existing non-run output directory")
+    im.add_argument("--json", action="store_true")
+    im.set_defaults(handler=cmd_import)
+
     ft = sub.add_parser("fit", help="fit your own scaling law to a sweep (approaches 2 and 3 of Chinchilla)")
     ft.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep directory")
     ft.add_argument("--points", help="a CSV with header params,tokens,loss (optional flops,budget)")
@@ -234,7 +258,8 @@ def cmd_train(args, extra) -> int:
     from nextoken.api import default_run_dir, resolve_train_config, train
     from nextoken.config import parse_overrides
 
-    cfg = resolve_train_config(args.preset, args.config, parse_overrides(extra), args.data, args.out, args.resume)
+    cfg = resolve_train_config(args.preset, args.config, parse_overrides(extra), args.data, args.out, args.resume,
+                               args.init_from)
     out = args.out or (None if _under_torchrun() else default_run_dir(args.preset))
     res = train(cfg, out, resume=args.resume, log=_err)  # its first line says where it trains into
     model = res.pop("model")
@@ -386,6 +411,33 @@ def cmd_fit(args, extra) -> int:
         print(json.dumps(result))
     else:
         _err(format_fit(result, law))
+    return 0
+
+
+def cmd_export(args, extra) -> int:
+    from nextoken.interop.hf_export import export
+
+    res = export(args.run, args.out, args.step, args.dtype, check=not args.no_check, force=args.force)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    check = f"; logits match nextoken's within {res['max_abs_diff']:.1e}" if "max_abs_diff" in res else ""
+    _err(f"wrote {res['out']}: {res['architecture']}, step {res['step']}, {res['dtype']}, "
+         f"{res['bytes'] / 1e6:.1f} MB{check}\nload: AutoModelForCausalLM.from_pretrained({res['out']!r})")
+    return 0
+
+
+def cmd_import(args, extra) -> int:
+    from nextoken.interop.hf_import import import_hf
+
+    res = import_hf(args.hf_dir, args.out, force=args.force)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    m = res["model"]
+    _err(f"imported {res['architecture']} ({m['n_layer']} x {m['d_model']}, vocab {m['vocab_size']}) into "
+         f"{res['run']}\nnext: nextoken eval {res['run']} --data DATA   |   nextoken sample {res['run']}   |   "
+         f"nextoken train --init-from {res['run']} --data DATA --out NEW")
     return 0
 
 

@@ -96,6 +96,8 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "label smoothing")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
     parallel: str = _f("ddp", "data parallelism under torchrun: ddp, or fsdp (FSDP2, sharded)", ("ddp", "fsdp"))
+    init_from: str = _f("", "start from the weights of a run, checkpoint or Hugging Face model directory, with a "
+                        "fresh optimizer and schedule; the model's shape comes from it")
 
 
 @dataclass

@@ -25,6 +25,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise NextokenError(f"{run_dir} has no metrics.jsonl; pass a run directory written by nextoken train")
     train, val = run.last_per_step("train"), run.last_per_step("eval")
     if not train:
+        if any(e.get("type") == "import" for e in run.events):
+            raise NextokenError(f"{run_dir} was imported, not trained here, so it has no loss curve; plot a run "
+                                f"trained from it (nextoken train --init-from {run_dir} ...)")
         raise NextokenError(f"{run_dir}/metrics.jsonl has no training steps yet; train first")
     out = Path(out) if out else run_dir / "loss.png"
 

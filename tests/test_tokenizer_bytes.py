@@ -14,7 +14,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from nextoken.config import ModelConfig
 from nextoken.data.loader import TokenData
 from nextoken.data.prepare import PrepareOptions, _fit_counts, open_byte_counts, prepare
-from nextoken.data.tokenizer import bytes_tokenizer, encode_documents, load_tokenizer, token_byte_lengths, train_bpe
+from nextoken.data.tokenizer import (
+    bytes_tokenizer,
+    encode_documents,
+    eot_id,
+    load_tokenizer,
+    token_byte_lengths,
+    train_bpe,
+)
 from nextoken.errors import DataError
 from nextoken.eval.evaluate import evaluate
 from nextoken.model import GPT
@@ -95,7 +102,7 @@ def utf8(text: str) -> int:
 def test_the_bytes_of_a_documents_tokens_are_its_utf8_bytes(tokenizer_file):
     tok = load_tokenizer(tokenizer_file)
     ids, counts = encode_documents(tok, DOCS)
-    ends = np.flatnonzero(ids == tok.token_to_id("<|endoftext|>"))
+    ends = np.flatnonzero(ids == eot_id(tok))  # "</s>" for the Llama-like family, "<|endoftext|>" added to others
     assert len(ends) == len(DOCS) and (counts >= 0).all()
     per_doc = np.add.reduceat(counts, np.concatenate([[0], ends[:-1] + 1]))
     assert per_doc.tolist() == [utf8(d) for d in DOCS]

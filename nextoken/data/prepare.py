@@ -162,7 +162,7 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
     if not 0 <= opt.val_fraction < 1:
         raise DataError("--val-fraction must be in [0, 1)")
     srcs = S.resolve(specs)
-    total_bytes = sum(s.path.stat().st_size for s in srcs)
+    total_bytes = sum(s.size for s in srcs)
     t0 = time.perf_counter()
 
     tok = _build_tokenizer(srcs, opt)

@@ -1,4 +1,5 @@
-"""Corpus sources: files, directories, globs, .jsonl/.parquet, and the built-in `stdlib` corpus.
+"""Corpus sources: files, directories, globs, .jsonl/.parquet, Hugging Face `datasets` (a save_to_disk folder or
+`hf:...`, interop/datasets_source.py), and the built-in `stdlib` corpus.
 
 `stdlib+tests` is the same corpus with the standard library's own test suites (about twice the
 text: 31.5 MB against 14.4 MB on CPython 3.11), for experiments that need more unique data.
@@ -60,9 +61,19 @@ class Source:
     """One resolved input: a path and how to read it."""
 
     path: Path
-    kind: str  # text | jsonl | parquet
+    kind: str  # text | jsonl | parquet | dataset (Hugging Face `datasets`, interop/datasets_source.py)
     explicit: bool  # named directly by the user (a binary file is then an error, not a skip)
     builtin: bool = False  # from `stdlib`: a file that is not UTF-8 (the test suite has some on purpose) is skipped
+    spec: str = ""  # a dataset's spec as given (`hf:NAME@SPLIT`, or a save_to_disk folder)
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk it reads (0 for a hub dataset), for progress."""
+        if self.kind == "dataset":
+            from nextoken.interop.datasets_source import size_of
+
+            return size_of(self.spec)
+        return self.path.stat().st_size
 
 
 def resolve(specs: list[str]) -> list[Source]:
@@ -76,7 +87,9 @@ def resolve(specs: list[str]) -> list[Source]:
                     for p in stdlib_files(include_tests=spec == "stdlib+tests")]
             continue
         p = Path(spec)
-        if p.is_dir():
+        if spec.startswith("hf:") or _saved_dataset(p):
+            out.append(Source(p, "dataset", True, spec=spec))
+        elif p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p)))
             if not files:
                 raise DataError(f"directory {spec} holds no files; point at a directory with text files")
@@ -98,6 +111,12 @@ def resolve(specs: list[str]) -> list[Source]:
             seen.add(key)
             unique.append(s)
     return unique
+
+
+def _saved_dataset(p: Path) -> bool:
+    from nextoken.interop.datasets_source import is_saved_dataset
+
+    return is_saved_dataset(p)
 
 
 def _hidden(rel: Path) -> bool:
@@ -136,8 +155,13 @@ def iter_documents(sources: list[Source], stats: ReadStats, text_field: str = "t
     """Yield documents: a text file is one document, a jsonl line or parquet row is one."""
     for src in sources:
         stats.files += 1
-        size = src.path.stat().st_size
-        if src.kind == "text":
+        size = src.size
+        if src.kind == "dataset":
+            from nextoken.interop.datasets_source import iter_texts
+
+            for text in iter_texts(src.spec, text_field):
+                yield from _emit(text, stats)
+        elif src.kind == "text":
             raw = src.path.read_bytes()
             if _looks_binary(raw):
                 if src.explicit:

@@ -29,6 +29,9 @@ from nextoken.errors import DataError
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = [EOT]
+# The end-of-text token of a tokenizer is the first of these it has: nextoken's own, then Llama 2's and
+# Llama 3's, so that an imported model separates documents with the token it was trained with (interop/).
+EOT_SPELLINGS = (EOT, "</s>", "<|end_of_text|>")
 
 
 @lru_cache(maxsize=1)
@@ -93,7 +96,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         tok = Tokenizer.from_file(str(p))
     except Exception:  # tokenizers raises a bare Exception for malformed files
         raise DataError(f"{p} is not a Hugging Face tokenizer.json; pass bpe, bytes or a valid file") from None
-    if tok.token_to_id(EOT) is None:
+    if end_of_text(tok) is None:
         tok.add_special_tokens([EOT])
     return _text_only(tok)
 
@@ -102,10 +105,15 @@ def tokenizer_hash(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
 
+def end_of_text(tok: Tokenizer) -> str | None:
+    """The tokenizer's end-of-text token (EOT_SPELLINGS), or None."""
+    return next((t for t in EOT_SPELLINGS if tok.token_to_id(t) is not None), None)
+
+
 def eot_id(tok: Tokenizer) -> int:
-    i = tok.token_to_id(EOT)
-    assert i is not None, "every nextoken tokenizer carries the end-of-text token"
-    return i
+    token = end_of_text(tok)
+    assert token is not None, "every nextoken tokenizer carries an end-of-text token"
+    return tok.token_to_id(token)
 
 
 def encode_documents(tok: Tokenizer, docs: Sequence[str], token_bytes: np.ndarray | None = None

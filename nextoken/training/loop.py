@@ -20,7 +20,7 @@ from nextoken.eval.evaluate import evaluate
 from nextoken.hardware import mfu, peak_flops
 from nextoken.model import GPT, param_counts, training_flops_per_token
 from nextoken.run import check_resumable, create_run_dir
-from nextoken.training import distributed
+from nextoken.training import distributed, init_from
 from nextoken.training.autocompile import choose_compile
 from nextoken.training.faults import Faults
 from nextoken.training.guard import Guard
@@ -48,6 +48,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
 
     # ---- data, model, optimizer ----
     manifest = read_manifest(data_dir)
+    if t.init_from and not resume:  # the source's weights only mean something on its own token ids
+        init_from.check_data(t.init_from, data_dir, manifest)
     m.vocab_size = m.vocab_size or manifest["vocab_size"]
     if m.vocab_size < manifest["vocab_size"]:
         raise ConfigError(f"model.vocab_size {m.vocab_size} is smaller than the data's vocabulary "
@@ -61,6 +63,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
 
     torch.manual_seed(t.seed)
     model = GPT(m).to(rt.device)
+    if t.init_from and not resume:  # continued pretraining: its weights, a fresh optimizer and schedule
+        init_from.load_weights(t.init_from, model)
     model, step_model = distributed.parallelize(model, d, rt.dtype)  # DDP wraps; FSDP2 shards in place
     optimizer = build_optimizer(model, cfg.optim, rt.device)
 
@@ -76,6 +80,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     log = MetricsLog(run_dir, cfg, enabled=d.is_main)
     if resume:
         log.write("event", step=state.step, type="resume", detail=f"from step {state.step}")
+    elif t.init_from:
+        log.write("event", step=0, type="init", detail={"source": t.init_from})
     faults = Faults.parse(cfg.stability.inject)
     display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
     n_seqs = batches.slices[0][1]

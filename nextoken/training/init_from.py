@@ -1,0 +1,82 @@
+"""`nextoken train --init-from SRC`: continued pretraining from the weights of a run, a checkpoint or a Hugging
+Face model directory, with a fresh optimizer and LR schedule (unlike `--resume`, which continues a run's own
+optimizer, schedule and data position). The model's shape comes from SRC; the data must be tokenized with SRC's
+tokenizer (`nextoken prepare ... --tokenizer SRC_RUN/tokenizer.json`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer
+from torch import nn
+
+from nextoken import checkpoint as ckpt
+from nextoken.config import Config, ModelConfig, validate
+from nextoken.errors import ConfigError, DataError
+from nextoken.run import Run, holds_run
+
+# Model fields a continued run may change: dropout, and the context of a RoPE model (its tables are not weights).
+CHANGEABLE = ("dropout", "block_size")
+
+
+def _is_run(src: Path) -> bool:
+    return holds_run(src) or ckpt.is_checkpoint(src)
+
+
+def _hf(src: str):
+    from nextoken.interop.hf_import import read_hf
+
+    return read_hf(src)
+
+
+def source_model(src: str) -> tuple[ModelConfig, Tokenizer]:
+    """The model config and tokenizer of SRC. Raises ConfigError when SRC is neither a run nor a model directory."""
+    p = Path(src)
+    if _is_run(p):
+        run = Run(p)
+        trainer = ckpt.read_trainer(run.checkpoint())
+        return ModelConfig(**trainer["model"]), run.tokenizer
+    if (p / "config.json").is_file() or not p.exists():  # a transformers directory (or a hub name)
+        hf = _hf(src)
+        return hf.config, hf.tokenizer
+    raise ConfigError(f"--init-from {src} is neither a nextoken run nor a Hugging Face model directory")
+
+
+def apply_source(cfg: Config, overrides: list[tuple[str, str]]) -> None:
+    """Give `cfg` the model of `cfg.train.init_from`, keeping the CHANGEABLE fields set by `overrides`.
+    Raises ConfigError naming a shape field a flag tried to change."""
+    src_model, _ = source_model(cfg.train.init_from)
+    flagged = {k.replace("-", "_").split(".", 1)[1] for k, _ in overrides if k.replace("-", "_").startswith("model.")}
+    for name in sorted(flagged):
+        mine, theirs = getattr(cfg.model, name), getattr(src_model, name)
+        if mine == theirs:
+            continue
+        if name not in CHANGEABLE or (name == "block_size" and src_model.pos != "rope"):
+            raise ConfigError(f"--model.{name}: --init-from takes the model's shape from {cfg.train.init_from} "
+                              f"({name} {theirs}); only model.dropout, and model.block_size of a RoPE model, change")
+        setattr(src_model, name, mine)
+    cfg.model = src_model
+    validate(cfg)
+
+
+def check_data(src: str, data_dir: Path, manifest: dict) -> None:
+    """Raises DataError, in one line, when `data_dir` was not tokenized with SRC's tokenizer."""
+    from nextoken.data.tokenizer import tokenizer_hash
+
+    _, tok = source_model(src)
+    if manifest.get("tokenizer_hash") != tokenizer_hash(tok):
+        tok_file = f"{src}/tokenizer.json" if _is_run(Path(src)) else "RUN/tokenizer.json of `nextoken import`"
+        raise DataError(f"{data_dir} was prepared with another tokenizer than {src}'s; prepare it with "
+                        f"`nextoken prepare SOURCE --out DIR --tokenizer {tok_file}`")
+
+
+def load_weights(src: str, model: nn.Module) -> None:
+    """SRC's weights into `model` (built with source_model's config; before any DDP or FSDP2 wrapping)."""
+    p = Path(src)
+    if _is_run(p):
+        ckpt.restore(Run(p).checkpoint(), model)  # weights only: the optimizer starts afresh
+    else:
+        model.load_state_dict(_hf(src).state_dict)
+
+
+
