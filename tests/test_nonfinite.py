@@ -182,3 +182,32 @@ def test_sampling_a_model_with_non_finite_logits_is_one_line(diverged, capsys):
     for call in (lambda: sample(loaded, "def", max_new_tokens=4, seed=0), lambda: next_token(loaded, "def")):
         with pytest.raises(NextokenError, match="logits are not finite"):
             call()
+
+
+# ---- the plot ----
+
+def test_plot_marks_non_finite_points_without_squashing_the_axes(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from nextoken.plot import plot_run
+
+    rows = [{"kind": "train", "step": s, "tokens": 100 * s, "loss": 5.0 - 0.2 * s, "lr": 1e-3} for s in range(1, 11)]
+    rows += [{"kind": "train", "step": 11, "tokens": 1100, "loss": "Infinity", "lr": 1e-3},
+             {"kind": "train", "step": 12, "tokens": 1200, "loss": "NaN", "lr": 1e-3},
+             {"kind": "train", "step": 13, "tokens": 1300, "loss": 1e308, "lr": 1e-3},  # ±inf as written before
+             {"kind": "eval", "step": 13, "tokens": 1300, "split": "val", "loss": "Infinity", "ppl": "Infinity",
+              "bits_per_byte": "Infinity"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figs = []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *a, **kw):
+        figs.append(fig)
+        return real(fig, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    out = plot_run(tmp_path)
+    assert out.is_file()
+    ax = figs[0].axes[0]
+    assert ax.get_ylim()[1] < 10  # the finite losses set the scale
+    assert "loss inf or nan (off the scale)" in [t.get_text() for t in ax.get_legend().get_texts()]
