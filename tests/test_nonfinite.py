@@ -5,6 +5,7 @@ squashing its axes, and the fit leaves the run out with a note (docs/metrics.md)
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -211,3 +212,83 @@ def test_plot_marks_non_finite_points_without_squashing_the_axes(tmp_path, monke
     ax = figs[0].axes[0]
     assert ax.get_ylim()[1] < 10  # the finite losses set the scale
     assert "loss inf or nan (off the scale)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+# ---- sweep and fit ----
+
+def _sweep_dir(root, data, losses: dict[str, float]):
+    """A sweep directory whose runs finished with `losses`, laid out as `nextoken sweep` writes it."""
+    from test_scaling_fit import synthetic_points
+
+    from nextoken.scaling.laws import CHINCHILLA
+
+    base = Config()
+    base.data.path, base.model.vocab_size = str(data), 257
+    points = synthetic_points(CHINCHILLA, [1e18, 1e19], sizes=5)
+    runs = {}
+    for i, p in enumerate(points):
+        name = f"run{i}"
+        runs[name] = {"name": name, "budget": p["flops"], "params": p["params"], "tokens": p["tokens"],
+                      "flops": p["flops"], "max_steps": 10}
+        loss = losses.get(name, p["loss"])
+        loss = loss if math.isfinite(loss) else "NaN" if math.isnan(loss) else "Infinity"
+        (root / name).mkdir(parents=True)
+        (root / name / "metrics.jsonl").write_text(
+            json.dumps({"kind": "eval", "step": 10, "split": "val", "loss": loss, "bits_per_byte": 1.0}) + "\n")
+    (root / "sweep.json").write_text(json.dumps({"version": 1, "base": base.to_dict(), "runs": runs}))
+    return root
+
+
+def test_fit_leaves_diverged_runs_out_and_says_which(bytes_data, tmp_path, capsys):
+    sweep = _sweep_dir(tmp_path / "sweep", bytes_data, {"run0": math.inf, "run3": math.nan, "run7": 8.9e7})
+    code, out, err = run_cli(["fit", sweep, "--bootstrap", "0", "--json"], capsys)
+    assert code == 0, err
+    res = strict_loads(out)
+    assert res["n_points"] == 7 and {p["name"] for p in res["points"]}.isdisjoint({"run0", "run3", "run7"})
+    why = {p["name"]: p["reason"] for p in res["excluded"]}
+    assert set(why) == {"run0", "run3", "run7"} and all(w.startswith("diverged") for w in why.values())
+    assert "ln(257)" in why["run7"]
+    assert all(math.isfinite(res[k]) for k in ("E", "A", "B", "alpha", "beta"))
+    strict_loads((sweep / "fit.json").read_text())
+
+    code, _, err = run_cli(["fit", sweep, "--bootstrap", "0"], capsys)
+    assert code == 0 and "left out of the fit: run0: diverged: its loss is inf" in err
+    assert "left out of the fit: run7" in err
+
+
+def test_fit_of_a_csv_leaves_non_finite_losses_out(tmp_path, capsys):
+    from test_scaling_fit import synthetic_points
+
+    from nextoken.errors import NextokenError
+    from nextoken.scaling.fit import fit_points
+    from nextoken.scaling.laws import CHINCHILLA
+
+    points = synthetic_points(CHINCHILLA, [1e18, 1e19], sizes=5)
+    points[2]["loss"], points[5]["loss"] = math.inf, math.nan
+    path = tmp_path / "points.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["params", "tokens", "loss"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(points)
+    code, out, err = run_cli(["fit", "--points", path, "--bootstrap", "0", "--json"], capsys)
+    res = strict_loads(out)
+    assert code == 0 and res["n_points"] == 8 and len(res["excluded"]) == 2
+    with pytest.raises(NextokenError, match="have 4 \\(2 more left out: diverged"):
+        fit_points(points[:6], bootstrap=0)
+
+
+def test_sweep_notes_a_diverged_run_and_prints_strict_json(bytes_data, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_train(cfg, run_dir, resume=False, quiet=False):
+        calls.append(run_dir.name)
+        return {"loss": math.inf if len(calls) == 2 else 3.0, "bits_per_byte": 1.0, "elapsed_s": 0.0}
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    code, out, err = run_cli(["sweep", "--data", bytes_data, "--out", tmp_path / "sw", "--budgets", "4e8",
+                              "--sizes", "3", "--spread", "6", "--tokens-per-param", "1", "--model.block_size", "32",
+                              "--train.batch_size", "4", "--json"], capsys)
+    assert code == 0, err
+    points = strict_loads(out)["points"]
+    assert [p["loss"] for p in points].count("Infinity") == 1
+    assert f"{calls[1]}: diverged: its loss is inf; `nextoken fit` leaves it out" in err
