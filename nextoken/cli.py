@@ -7,7 +7,6 @@ Errors are one line on stderr with a non-zero exit; `--debug` shows the tracebac
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from nextoken.errors import ConfigError, NextokenError
@@ -15,6 +14,22 @@ from nextoken.errors import ConfigError, NextokenError
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _print_json(obj) -> None:
+    """`--json`: one strict JSON object on stdout, a non-finite figure as "Infinity", "-Infinity" or "NaN"."""
+    from nextoken.nonfinite import dumps
+
+    print(dumps(obj))
+
+
+def _diverged(loss: float, vocab_size: int | None) -> str | None:
+    """The note a command prints under the figures of a model that diverged, or None."""
+    from nextoken.nonfinite import divergence
+
+    why = divergence(loss, vocab_size)
+    return why and (f"note: the model diverged ({why}); an earlier checkpoint may not have (nextoken eval RUN "
+                    "--step N); retrain with a lower --optim.lr or --stability.policy rollback")
 
 
 def _int_at_least(minimum: int):
@@ -250,7 +265,7 @@ def cmd_prepare(args, extra) -> int:
                        val_fraction=args.val_fraction, text_field=args.text_field, utf8=args.utf8, force=args.force,
                        log=_err)
     if args.json:
-        print(json.dumps(manifest))
+        _print_json(manifest)
     return 0
 
 
@@ -266,12 +281,14 @@ def cmd_train(args, extra) -> int:
     if res.pop("rank", 0) != 0:  # only rank 0 reports, samples and plots
         return 0
     if args.json:
-        print(json.dumps(res))
+        _print_json(res)
         return 0
     run = res["run"]
     _err(f"\nval loss {res['loss']:.4f} nats/token   perplexity {res['ppl']:.2f}   "
          f"bits/byte {res['bits_per_byte']:.3f}   ({res['tokens']:,} tokens in {res['elapsed_s']:.0f}s)")
-    if cfg.log.sample_tokens > 0:
+    if note := _diverged(res["loss"], cfg.model.vocab_size):
+        _err(note)  # and no sample: a diverged model has nothing to show, and may have no distribution to draw
+    elif cfg.log.sample_tokens > 0:
         from nextoken.generate import stream_text
         from nextoken.run import Run
 
@@ -301,12 +318,25 @@ def cmd_eval(args, extra) -> int:
 
     res = evaluate(args.run, args.data, args.split, args.tokens, args.step)
     if args.json:
-        print(json.dumps(res))
+        _print_json(res)
     else:
         _err(f"{res['checkpoint']}: {args.split} loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  "
              f"bits/token {res['bits_per_token']:.3f}  bits/byte {res['bits_per_byte']:.3f}  "
              f"({res['eval_tokens']:,} tokens)")
+        if note := _diverged(res["loss"], _vocab_size(args.run)):
+            _err(note)
     return 0
+
+
+def _vocab_size(run: str) -> int | None:
+    """The vocabulary of the run's model; None where its config cannot be read (then only a non-finite loss
+    counts as diverged)."""
+    from nextoken.run import Run
+
+    try:
+        return Run(run).config.model.vocab_size
+    except NextokenError:
+        return None
 
 
 def cmd_sample(args, extra) -> int:
@@ -331,7 +361,7 @@ def cmd_next(args, extra) -> int:
 
     dist = next_token(args.run, args.prompt, args.temperature, args.top, args.step)
     if args.json:
-        print(json.dumps(dist))
+        _print_json(dist)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -381,7 +411,7 @@ def cmd_plan(args, extra) -> int:
     res = plan(args.law, args.flops, args.params, args.tokens, args.fit, base, args.tokens_per_s, args.device,
                args.mfu)
     if args.json:
-        print(json.dumps(res))
+        _print_json(res)
         return 0
     _err(format_plan(res))
     return 0
@@ -397,7 +427,7 @@ def cmd_sweep(args, extra) -> int:
     points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread,
                    args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs, seeds=args.seeds)
     if args.json:
-        print(json.dumps({"sweep": str(args.out), "points": points}))
+        _print_json({"sweep": str(args.out), "points": points})
     elif not args.dry_run:
         _err(f"done: {len(points)} runs in {args.out}; next: nextoken fit {args.out}")
     return 0
@@ -408,7 +438,7 @@ def cmd_fit(args, extra) -> int:
 
     result, law = fit_run(args.sweep, args.points, args.bootstrap, args.out, args.plot)
     if args.json:
-        print(json.dumps(result))
+        _print_json(result)
     else:
         _err(format_fit(result, law))
     return 0

@@ -38,6 +38,14 @@ def draw_seed() -> int:
     return secrets.randbits(48)
 
 
+def _check_finite(logits_V: torch.Tensor) -> torch.Tensor:
+    """`logits_V`, or NextokenError when any is inf or nan: a diverged model has no distribution to draw from."""
+    if not bool(torch.isfinite(logits_V).all()):
+        raise NextokenError("the model's next-token logits are not finite (inf or nan): its weights diverged; "
+                            "use a checkpoint from before the divergence (--step N)")
+    return logits_V
+
+
 def filter_logits(logits_V: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Keep the k most likely tokens, then the smallest set whose probability reaches p (nucleus,
     Holtzman et al. 2020); the rest get -inf."""
@@ -67,6 +75,7 @@ def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float
     cache = KVCache(model.cfg, 1, device, next(model.parameters()).dtype)
     logits = model(torch.tensor([context], device=device), cache)[0, -1]
     for _ in range(max_new_tokens):
+        _check_finite(logits)
         if temperature == 0:
             nxt = int(logits.argmax())
         else:
@@ -116,7 +125,7 @@ def next_token_distribution(model: GPT, tokenizer, prompt: str, temperature: flo
     check_distribution(temperature, top)
     ids = encode_prompt(tokenizer, prompt)[-model.cfg.block_size:]
     device = next(model.parameters()).device
-    logits = model(torch.tensor([ids], device=device))[0, -1].float()
+    logits = _check_finite(model(torch.tensor([ids], device=device))[0, -1].float())
     logp = (logits / temperature).log_softmax(-1)
     p = logp.exp()
     entropy = float(-(p * logp).sum())

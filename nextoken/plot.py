@@ -11,6 +11,7 @@ from nextoken.run import Run
 
 _EVENT_STYLE = {"spike": ("v", "tab:orange"), "nan": ("x", "tab:red"), "skip": ("s", "tab:purple"),
                 "rollback": ("D", "tab:red")}
+PPL_AXIS_MAX = 50.0  # nats: the top of a loss axis beside which a perplexity axis is drawn (e^50 ≈ 5e21)
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -36,9 +37,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.plot(tok, [r["loss"] for r in train], lw=1, alpha=0.8, label="train loss")
     if val:
         ax.plot([r["tokens"] for r in val], [r["loss"] for r in val], "o-", lw=2, label="val loss")
+    _scale(ax, [r["loss"] for r in train + val])
+    _mark_non_finite(ax, train + val)
+    if val:
         best = val[-1]
-        ax.annotate(f"val {best['loss']:.3f} nats, {best['bits_per_byte']:.3f} bits/byte",
-                    (best["tokens"], best["loss"]), textcoords="offset points", xytext=(-10, 20), ha="right")
+        ax.annotate(f"val {best['loss']:.3f} nats, {_num(best.get('bits_per_byte'), '.3f')} bits/byte",
+                    (best["tokens"], _on_axes(ax, best["loss"])), textcoords="offset points", xytext=(-10, 20),
+                    ha="right")
     step_tokens = {r["step"]: r["tokens"] for r in train}
     step_loss = {r["step"]: r["loss"] for r in train}
     for ev in (r for r in run.events if r.get("type") in _EVENT_STYLE):
@@ -56,8 +61,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(f"{run_dir.name}: next-token loss")
     ax.grid(alpha=0.3)
-    ppl = ax.secondary_yaxis("right", functions=(lambda x: _exp(x), lambda p: _log(p)))
-    ppl.set_ylabel("perplexity")
+    if ax.get_ylim()[1] <= PPL_AXIS_MAX:  # above it the perplexity axis could only show made-up figures
+        ppl = ax.secondary_yaxis("right", functions=(lambda x: _exp(x), lambda p: _log(p)))
+        ppl.set_ylabel("perplexity")
 
     ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green")
     ax_lr.set_xlabel("step")
@@ -75,10 +81,40 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
+def _finite(values) -> list[float]:
+    return [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+
+
+def _scale(ax, values) -> None:
+    """A log scale when the finite losses span more than a factor 1000 (a diverged run's climbs from a few nats
+    to millions; a run that learned spans about 10), so that the run before it stays readable."""
+    finite = _finite(values)
+    if finite and min(finite) > 0 and max(finite) > 1000 * min(finite):
+        ax.set_yscale("log")
+
+
+def _on_axes(ax, y):
+    """`y`, or the top of the axes for a non-finite value (which has no place on them)."""
+    return y if isinstance(y, int | float) and math.isfinite(y) else ax.get_ylim()[1]
+
+
+def _mark_non_finite(ax, rows: list[dict]) -> None:
+    """A marker at the top edge, at its x, for each loss that is inf or nan: matplotlib leaves such points out of
+    the line without a trace, and they must neither vanish nor set the limits."""
+    bad = [r for r in rows if isinstance(r.get("loss"), float) and not math.isfinite(r["loss"])]
+    if bad:
+        ax.plot([r["tokens"] for r in bad], [0.98] * len(bad), "^", color="tab:red", ms=9, clip_on=False,
+                transform=ax.get_xaxis_transform(), label="loss inf or nan (off the scale)")
+
+
+def _num(v, spec: str) -> str:
+    return "unknown" if v is None else format(v, spec)
+
+
 def _exp(x):
     import numpy as np
 
-    return np.exp(np.clip(x, -50, 50))
+    return np.exp(np.clip(x, -PPL_AXIS_MAX, PPL_AXIS_MAX))
 
 
 def _log(p):

@@ -21,6 +21,7 @@ import torch
 from tokenizers import Tokenizer
 
 from nextoken import checkpoint as ckpt
+from nextoken import nonfinite
 from nextoken.config import Config, ModelConfig, config_from_dict, load_toml
 from nextoken.errors import CheckpointError, NextokenError
 
@@ -72,15 +73,17 @@ def read_config(run_dir: str | Path) -> Config:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The lines of RUN/metrics.jsonl, in order; a line cut by a kill is skipped. A run resumed after a crash
-    repeats steps: readers that want one value per step take the last (`Run.last_per_step`)."""
+    """The lines of RUN/metrics.jsonl, in order; a line cut by a kill is skipped. A non-finite figure, written
+    as "Infinity", "-Infinity" or "NaN" (docs/metrics.md), or as ±1e308 by nextoken before those, comes back as
+    a float. A run resumed after a crash repeats steps: readers that want one value per step take the last
+    (`Run.last_per_step`)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
     rows = []
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            rows.append(nonfinite.decode(json.loads(line), legacy=True))
         except json.JSONDecodeError:
             continue
     return rows

@@ -21,6 +21,15 @@ from nextoken.data.prepare import open_byte_counts
 from nextoken.errors import DataError
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss): inf where that is above the float range (a loss above ~709.78 nats, a diverged model), never
+    an OverflowError; nan for a nan loss."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_bytes: np.ndarray,
              max_tokens: int = 0, batch_size: int = 16, device: torch.device | str = "cpu",
@@ -69,7 +78,7 @@ def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_byt
     return {
         "split": data.split,
         "loss": loss,
-        "ppl": math.exp(loss),
+        "ppl": perplexity(loss),
         "bits_per_token": loss / math.log(2),
         "bits_per_byte": nll_sum / (max(n_bytes, 1) * math.log(2)),
         "eval_tokens": n_tokens,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
 from nextoken.errors import NextokenError
+from nextoken.nonfinite import divergence, dumps
 from nextoken.scaling.laws import CHINCHILLA, ParametricLaw
 
 HUBER_DELTA = 1e-3
@@ -178,12 +178,28 @@ def fit_frontier(a2: dict | None, E: float) -> dict | None:
 
 # ---- both, from points -----------------------------------------------------------------------------
 
-def fit_points(points: list[dict], bootstrap: int = 100, seed: int = 0) -> dict:
-    """Approaches 2 and 3 on points with params, tokens, loss (and flops, budget where known)."""
-    points = [p for p in points if all(math.isfinite(p[k]) and p[k] > 0 for k in ("params", "tokens", "loss"))]
+def excluded_why(point: dict, vocab_size: int | None = None) -> str | None:
+    """Why a point stays out of the fit, or None: a run that diverged (nonfinite.divergence: a non-finite loss,
+    or one far above a uniform guess over `vocab_size` tokens) would drag the law anywhere, and a non-positive
+    N or D has no logarithm."""
+    if why := divergence(point.get("loss"), vocab_size):
+        return f"diverged: {why}"
+    if not all(isinstance(point.get(k), int | float) and math.isfinite(point[k]) and point[k] > 0
+               for k in ("params", "tokens", "loss")):
+        return "params, tokens and loss must be positive numbers"
+    return None
+
+
+def fit_points(points: list[dict], bootstrap: int = 100, seed: int = 0, vocab_size: int | None = None) -> dict:
+    """Approaches 2 and 3 on points with params, tokens, loss (and flops, budget where known). Points of runs
+    that diverged are left out and listed under `excluded`, each with its reason (`excluded_why`)."""
+    excluded = [{**{k: p.get(k) for k in ("name", "params", "tokens", "loss")}, "reason": why}
+                for p in points if (why := excluded_why(p, vocab_size))]
+    points = [p for p in points if not excluded_why(p, vocab_size)]
     if len(points) < 5:
         raise NextokenError(f"a fit of L(N, D) = E + A/N^alpha + B/D^beta needs at least 5 finished runs; "
-                            f"have {len(points)}")
+                            f"have {len(points)}" + (f" ({len(excluded)} more left out: "
+                                                     f"{excluded[0]['reason']})" if excluded else ""))
     for p in points:
         p.setdefault("flops", 6.0 * p["params"] * p["tokens"])
     a3 = fit_approach3([p["params"] for p in points], [p["tokens"] for p in points],
@@ -201,6 +217,7 @@ def fit_points(points: list[dict], bootstrap: int = 100, seed: int = 0) -> dict:
         "chinchilla": {"alpha": CHINCHILLA.alpha, "beta": CHINCHILLA.beta, "a": CHINCHILLA.a, "b": CHINCHILLA.b},
         "n_points": len(points),
         "points": [{k: p.get(k) for k in ("params", "tokens", "flops", "loss", "budget", "name")} for p in points],
+        "excluded": excluded,
     }
 
 
@@ -232,7 +249,7 @@ def read_points_csv(path: str | Path) -> list[dict]:
 def write_fit(result: dict, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
+    tmp.write_text(dumps(result, indent=1))  # strict JSON (docs/metrics.md)
     tmp.replace(path)
     return path
 
@@ -318,7 +335,7 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
     else:
         points = read_points_csv(points_csv)
         out = Path(out or Path(points_csv).with_suffix(".fit.json"))
-    result = fit_points(points, bootstrap)
+    result = fit_points(points, bootstrap, vocab_size=model["vocab_size"] if model else None)
     result["flops_convention"] = "exact" if model else "6ND"
     if model:
         result["model"] = model
@@ -367,5 +384,8 @@ def format_fit(r: dict, law) -> str:
                  + f"predicted loss {law.loss(N, D):.4f} (approach 3's L(N, D))"
                  + (f"; the IsoFLOP minima's L_opt = E + k·C^-{r['frontier']['gamma']:.3f} says {L2:.4f}"
                     if L2 is not None else "; fewer than 3 IsoFLOP minima, so no minima's law"))
+    for p in r.get("excluded", []):
+        which = p.get("name") or f"N {p['params']:.4g}, D {p['tokens']:.4g}"
+        lines.append(f"left out of the fit: {which}: {p['reason']}")
     lines.append(f"wrote {r['fit_json']} and {r['plot']}; next: nextoken plan --fit {r['fit_json']} --flops C")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from nextoken.data.prepare import read_manifest
 from nextoken.errors import NextokenError
 from nextoken.model.counting import param_counts, training_flops_per_token
 from nextoken.run import read_metrics
+from nextoken.scaling.fit import excluded_why
 from nextoken.scaling.shapes import shape_for_params
 
 # With the `scaling` preset on the built-in corpus (7 sizes over a factor 30, centred at 150 tokens per
@@ -171,6 +172,8 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, s
     def record(spec: RunSpec, result: dict) -> None:
         points[spec.name] = {**dataclasses.asdict(spec), "loss": result["loss"],
                              "bits_per_byte": result.get("bits_per_byte")}
+        if why := excluded_why(points[spec.name], base.model.vocab_size):
+            log(f"    {spec.name}: {why}; `nextoken fit` leaves it out")
         write_points(out / "points.csv", [points[s.name] for s in specs if s.name in points])
 
     todo = []

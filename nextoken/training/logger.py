@@ -3,14 +3,14 @@ asked for, and a rich progress display (or plain lines when stderr is not a term
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import time
 from pathlib import Path
 
+from nextoken import nonfinite
 from nextoken.config import Config
 from nextoken.errors import ConfigError
+from nextoken.eval.evaluate import perplexity
 
 
 class MetricsLog:
@@ -38,10 +38,10 @@ class MetricsLog:
     def write(self, kind: str, **fields) -> None:
         if not self.enabled:
             return
-        row = {"kind": kind, **{k: _clean(v) for k, v in fields.items()}}
+        row = {"kind": kind, **fields}
         with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        step = fields.get("step", 0)
+            fh.write(nonfinite.dumps(row) + "\n")  # strict JSON: a non-finite figure as "Infinity", "NaN"
+        step = fields.get("step", 0)  # the mirrors below take floats, non-finite ones as they are
         scalars = {f"{kind}/{k}": v for k, v in row.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
         if kind == "eval":
@@ -72,14 +72,6 @@ def _end_cut_line(path: Path) -> None:
                 fh.write(b"\n")
 
 
-def _clean(v):
-    if isinstance(v, dict):  # event details: strict JSON all the way down
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else (1e308 if v > 0 else -1e308)
-    return v
-
-
 class Display:
     """A rich progress bar (step, loss, perplexity, tokens/s, ETA) on a terminal; plain lines otherwise."""
 
@@ -105,7 +97,7 @@ class Display:
     def update(self, step: int, loss: float, tokens_per_s: float, mfu: float | None = None) -> None:
         if not self.enabled:
             return
-        ppl = math.exp(min(loss, 50.0)) if math.isfinite(loss) else float("nan")
+        ppl = perplexity(loss)  # inf above the float range, not a made-up cap
         mfu_text = f"  MFU {mfu:.0%}" if mfu is not None else ""
         if self.live:
             self.progress.update(self.task, completed=step, loss=loss, ppl=ppl, tps=tokens_per_s, mfu=mfu_text)

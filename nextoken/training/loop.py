@@ -159,12 +159,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
                           tokens_per_s=tps, mfu=util, elapsed_s=state.elapsed_s)
                 display.update(state.step, loss, tps, util)
 
-            # ---- eval, checkpoint (their time is left out of the next tokens/s) ----
+            # ---- checkpoint, then eval: nothing trained is lost whatever the eval does (their time is left out
+            # of the next tokens/s) ----
             last, t_pause = state.step == t.max_steps, time.perf_counter()
-            if last or (t.eval_every and state.step % t.eval_every == 0):
-                result = run_eval()
             if last or (t.ckpt_every and state.step % t.ckpt_every == 0):
                 last_ckpt = save()
+            if last or (t.eval_every and state.step % t.eval_every == 0):
+                result = run_eval()
             t_start += time.perf_counter() - t_pause
     except RuntimeError as e:  # a collective failed because another rank died: say so in one line
         if (lost := d.peer_failure(e)) is None:
