@@ -449,7 +449,7 @@ def cmd_export(args, extra) -> int:
 
     res = export(args.run, args.out, args.step, args.dtype, check=not args.no_check, force=args.force)
     if args.json:
-        print(json.dumps(res))
+        _print_json(res)
         return 0
     check = f"; logits match nextoken's within {res['max_abs_diff']:.1e}" if "max_abs_diff" in res else ""
     _err(f"wrote {res['out']}: {res['architecture']}, step {res['step']}, {res['dtype']}, "
@@ -462,7 +462,7 @@ def cmd_import(args, extra) -> int:
 
     res = import_hf(args.hf_dir, args.out, force=args.force)
     if args.json:
-        print(json.dumps(res))
+        _print_json(res)
         return 0
     m = res["model"]
     _err(f"imported {res['architecture']} ({m['n_layer']} x {m['d_model']}, vocab {m['vocab_size']}) into "
