@@ -229,6 +229,15 @@ def test_round_trip_keeps_every_bit(tmp_path, arch, tied, bias):
     assert a.tokenizer.to_str() == b.tokenizer.to_str()
 
 
+def test_export_and_import_commands_print_strict_json(tmp_path, capsys):
+    run = _nextoken_run(tmp_path / "run", "llama", tied=True)
+    assert main(["export", str(run), "--out", str(tmp_path / "hf"), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back"), "--json"]) == 0
+    imported = json.loads(capsys.readouterr().out)
+    assert exported and imported and Run(tmp_path / "back").load().step == 0
+
+
 # ---- continued pretraining ----
 
 def test_init_from_an_import_lowers_its_val_loss(tmp_path, corpus_dir):
