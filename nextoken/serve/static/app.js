@@ -45,6 +45,7 @@ function every(ms, fn) {
 function errorBox(e) { return h("p", { class: "err" }, e.message || String(e)); }
 const fmt = NT.fmt;
 const pct = v => (v === null || v === undefined) ? "–" : (100 * v).toFixed(1) + "%";
+const showTok = t => JSON.stringify(t).slice(1, -1).replace(/ /g, "\u2423");  // a space shows as ␣
 const stateTag = s => h("span", { class: "state " + s }, s);
 
 // ---- run and checkpoint pickers, shared by the probing pages ----
@@ -185,8 +186,121 @@ function drawCurves(box, data, xAxis, logY) {
   }
 }
 
+// ---- next token ----
+// The server returns the top-N logits, the log-sum-exp of all the others (exact at T = 1) and a histogram of
+// them; any temperature is computed here, with no round trip per tick of the slider.
+function distribution(d, T) {
+  const a = d.top.map(t => t.logit / T);
+  const hist = d.rest_hist, b = hist.mean.map(m => m / T);
+  let logCorr = 0;  // makes the binned rest exact at T = 1
+  if (d.lse_rest !== null && hist.count.length) {
+    const at1 = logSumExp(hist.mean.map((m, i) => m + Math.log(hist.count[i])));
+    logCorr = d.lse_rest - at1;
+  }
+  const restTerms = b.map((v, i) => v + Math.log(hist.count[i]) + logCorr / T);
+  const logZ = logSumExp(a.concat(restTerms));
+  const p = a.map(v => Math.exp(v - logZ));
+  let H = 0;
+  for (const v of a) { const lp = v - logZ; H -= Math.exp(lp) * lp; }
+  b.forEach((v, i) => { const lp = v + logCorr / T - logZ; H -= hist.count[i] * Math.exp(lp) * lp; });
+  return { p, logZ, H };
+}
+
+function logSumExp(xs) {
+  if (!xs.length) return -Infinity;
+  const m = Math.max(...xs);
+  return m + Math.log(xs.reduce((s, x) => s + Math.exp(x - m), 0));
+}
+
+async function pageNext() {
+  app.innerHTML = "";
+  app.append(h("h1", {}, "Next token"));
+  let data = null, truth = null;
+  const picker = await runPicker(() => ask());
+  if (picker.empty) { app.append(h("p", { class: "muted" }, "No run with a checkpoint yet.")); return; }
+  const prompt = h("textarea", { id: "prompt", rows: 3, cols: 70, placeholder: "type a prompt" },
+    params.get("prompt") || "def alpha");
+  const target = h("input", { type: "text", id: "target", size: 12, placeholder: "true next token" });
+  const topN = h("select", { id: "top" }, [10, 20, 50].map(n => h("option", { value: n }, n)));
+  topN.value = "20";
+  const temp = h("input", { type: "range", id: "temp", min: -3, max: 1.1, step: 0.01, value: 0 });  // log2 T
+  const tempLabel = h("b", { id: "temp-value" }, "1.00");
+  const tokens = h("div", { class: "tokens", id: "prompt-tokens" });
+  const readout = h("div", { class: "readout" });
+  const bars = h("div", { class: "bars", id: "bars" });
+  const info = h("p", { class: "muted", id: "next-info" });
+  app.append(h("div", { class: "controls" }, picker, h("label", {}, "top"), topN),
+    prompt,
+    h("div", { class: "controls" }, h("label", {}, "true next token "), target,
+      h("label", {}, "temperature "), temp, tempLabel,
+      h("button", { class: "ghost", onclick: () => { temp.value = 0; render(); } }, "T = 1")),
+    h("h2", {}, "The prompt as the model sees it"), tokens, info, readout, bars,
+    h("p", { class: "note" }, "Temperature divides the logits before the softmax: it reshapes what sampling draws ",
+      "from. The loss is always measured at temperature 1, so the cross-entropy of the true token does not change ",
+      "as you drag the slider. e^H is the number of equally likely tokens with the same entropy: the model's ",
+      "\u201ceffective choices\u201d. Click a bar to make it the true token."));
+
+  let timer = null;
+  const askSoon = () => { clearTimeout(timer); timer = setTimeout(ask, 250); };
+  prompt.addEventListener("input", askSoon);
+  target.addEventListener("input", () => { truth = null; askSoon(); });
+  topN.addEventListener("change", ask);
+  temp.addEventListener("input", render);
+
+  async function ask() {
+    const sel = picker.get();
+    try {
+      data = await api("/api/next", { run: sel.run, step: sel.step, prompt: prompt.value, top: Number(topN.value),
+        target: target.value || null });
+    } catch (e) { bars.innerHTML = ""; bars.append(errorBox(e)); return; }
+    truth = data.target ? data.target.id : truth;
+    tokens.innerHTML = "";
+    for (const t of data.prompt_tokens) tokens.append(h("span", { class: "tok", title: "id " + t.id }, showTok(t.text)));
+    info.textContent = `${data.prompt_tokens.length} tokens · ${data.checkpoint} · vocabulary ${data.vocab_size}`;
+    render();
+  }
+
+  function render() {
+    if (!data) return;
+    const T = Math.pow(2, Number(temp.value));
+    tempLabel.textContent = T.toFixed(2);
+    const dist = distribution(data, T), at1 = distribution(data, 1);
+    const rows = data.top.map((t, i) => ({ ...t, p: dist.p[i], rank: i + 1 }));
+    if (data.target && !rows.some(r => r.id === data.target.id)) {
+      rows.push({ id: data.target.id, text: data.target.text, logit: data.target.logit, rank: data.target.rank,
+        p: Math.exp(data.target.logit / T - dist.logZ) });
+    }
+    bars.innerHTML = "";
+    for (const r of rows) {
+      const nl = -Math.log(r.p);
+      const row = h("div", { class: "bar" + (r.id === truth ? " truth" : ""), "data-id": r.id,
+        title: `rank ${r.rank} · logit ${r.logit.toFixed(3)} · -log p at T=1: ${(at1.logZ - r.logit).toFixed(3)}`,
+        onclick: () => { truth = r.id; target.value = ""; render(); } },
+        h("span", { class: "label" }, (r.rank > data.top.length ? `#${r.rank} ` : "") + showTok(r.text)),
+        h("span", { class: "track" }, h("span", { class: "fill", style: null })),
+        h("span", { class: "p" }, r.p.toFixed(3)), h("span", { class: "nl" }, nl.toFixed(2)));
+      row.querySelector(".fill").style.width = (100 * r.p).toFixed(2) + "%";
+      bars.append(row);
+    }
+    bars.prepend(h("div", { class: "bar muted" }, h("span", { class: "label" }, "token"), h("span", {}, "p at T = " + T.toFixed(2)),
+      h("span", { class: "p" }, "p"), h("span", { class: "nl" }, "\u2212log p")));
+    const tr = rows.find(r => r.id === truth);
+    readout.innerHTML = "";
+    const card = (title, value, sub, id) => h("div", { class: "card", id }, h("small", {}, title), h("b", {}, value), h("small", {}, sub));
+    readout.append(
+      card("entropy H (temperature-scaled)", dist.H.toFixed(3) + " nats", `at T = 1: ${at1.H.toFixed(3)}`, "entropy"),
+      card("effective choices e^H", Math.exp(dist.H).toFixed(1), `at T = 1: ${Math.exp(at1.H).toFixed(1)}`, "eh"),
+      tr ? card("loss of the true token (T = 1)", (at1.logZ - tr.logit).toFixed(3) + " nats",
+        `\u2212log p(${JSON.stringify(tr.text)}) \u2014 unchanged by temperature`, "loss")
+        : card("loss of the true token (T = 1)", "\u2013", "type or click the true next token", "loss"),
+      tr ? card("\u2212log p at this temperature", (dist.logZ - tr.logit / T).toFixed(3), "sampling only, not the loss", "nl-t")
+        : card("\u2212log p at this temperature", "\u2013", "", "nl-t"));
+  }
+  ask();
+}
+
 // ---- router ----
-const PAGES = { "/": pageRuns, "/run": pageRun };
+const PAGES = { "/": pageRuns, "/run": pageRun, "/next": pageNext };
 (function route() {
   const path = location.pathname;
   document.querySelectorAll("header nav a").forEach(a => a.classList.toggle("on", a.dataset.page === path
