@@ -44,6 +44,7 @@ def server(tmp_path_factory, bytes_data):
 
     root = tmp_path_factory.mktemp("browser") / "runs"
     train(tiny_config(bytes_data, train__max_steps=40, stability__inject="lr@25x100"), root / "tiny", quiet=True)
+    train(tiny_config(bytes_data, train__max_steps=40, train__label_smoothing=0.3), root / "smoothed", quiet=True)
     srv, sock, url = make_server([root], "127.0.0.1", 0)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -114,6 +115,48 @@ def test_runs_curves_and_next_token_in_chromium(server, shots, tmp_path):
             assert page.locator("#entropy b").inner_text() != entropy_before
             assert page.locator("#loss b").inner_text() == loss_before  # the loss at T = 1 stays put
             page.screenshot(path=str(shots / "serve-next.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    off = [u for u in requests if not u.startswith(server) and not u.startswith("data:")]
+    assert requests and not off, off
+
+
+def test_surprise_sample_and_compare_pages(server, shots):
+    from playwright.sync_api import expect, sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(60_000)
+            page.on("request", lambda r: requests.append(r.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            page.goto(server + "/surprise?run=runs%2Ftiny")
+            page.locator(".text-surprise span[data-loss]").first.wait_for()
+            assert float(page.locator("#s-bpb b").inner_text()) > 0
+            pasted = page.locator("#s-n b").inner_text()
+            page.locator("#doc option").nth(1).wait_for(state="attached")
+            page.select_option("#doc", index=1)
+            expect(page.locator("#s-n b")).not_to_have_text(pasted)  # the val document replaced the pasted text
+            page.locator(".text-surprise span[data-loss]").nth(5).hover()
+            expect(page.locator("#tip")).to_contain_text("expected")
+            page.screenshot(path=str(shots / "serve-surprise.png"), full_page=True)
+
+            page.goto(server + "/sample?run=runs%2Ftiny")
+            page.fill("#seed", "7")
+            page.fill("#ntok", "60")
+            page.click("#generate")
+            expect(page.locator("#sample-meta")).to_contain_text("pieces")
+            assert len(page.locator("#sample-out").inner_text()) >= 60
+
+            page.goto(server + "/compare?run=runs%2Fsmoothed&run=runs%2Ftiny")
+            page.locator('[data-chart="train_loss"] path.series').nth(1).wait_for()
+            expect(page.locator("#diff")).to_contain_text("train.label_smoothing")
+            page.screenshot(path=str(shots / "serve-compare.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()

@@ -299,8 +299,164 @@ async function pageNext() {
   ask();
 }
 
+// ---- surprise ----
+function lossColor(loss, scale) {
+  const t = Math.max(0, Math.min(1, loss / scale));
+  return `rgba(214, 40, 40, ${(0.05 + 0.8 * t).toFixed(3)})`;
+}
+
+async function pageSurprise() {
+  app.innerHTML = "";
+  app.append(h("h1", {}, "Surprise"));
+  const picker = await runPicker(() => loadDocs());
+  if (picker.empty) { app.append(h("p", { class: "muted" }, "No run with a checkpoint yet.")); return; }
+  const text = h("textarea", { id: "text", rows: 6, cols: 90, placeholder: "paste a text" },
+    "def total_count(items, value):\n    return items + value\n");
+  const docs = h("select", { id: "doc" }, h("option", { value: "" }, "— or a val document —"));
+  const out = h("div", { id: "surprise" });
+  const go = h("button", { id: "score", onclick: () => score() }, "Score");
+  app.append(h("div", { class: "controls" }, picker, docs), text, h("div", { class: "controls" }, go,
+    h("span", { class: "note" }, "Each token is shaded by its loss, \u2212log p of it given the text before it; hover for what the model expected instead.")), out);
+  docs.addEventListener("change", () => { if (docs.value !== "") score(); });
+
+  async function loadDocs() {
+    docs.length = 1;
+    try {
+      const d = await api("/api/docs?run=" + encodeURIComponent(picker.get().run));
+      for (const doc of d.documents) docs.append(h("option", { value: doc.index }, `#${doc.index}: ${doc.preview.replace(/\s+/g, " ").slice(0, 60)}`));
+    } catch (e) { docs.append(h("option", { value: "", disabled: true }, e.message)); }
+  }
+
+  async function score() {
+    const sel = picker.get();
+    const body = { run: sel.run, step: sel.step };
+    if (docs.value !== "") body.doc = Number(docs.value); else body.text = text.value;
+    out.innerHTML = "";
+    out.append(h("p", { class: "muted" }, "scoring…"));
+    let d;
+    try { d = await api("/api/surprise", body); } catch (e) { out.innerHTML = ""; out.append(errorBox(e)); return; }
+    out.innerHTML = "";
+    const card = (title, value, id) => h("div", { class: "card", id }, h("small", {}, title), h("b", {}, value));
+    out.append(h("div", { class: "readout" },
+      card("loss", d.loss.toFixed(3) + " nats/token", "s-loss"), card("perplexity", d.ppl.toFixed(2), "s-ppl"),
+      card("bits per byte", d.bits_per_byte.toFixed(3), "s-bpb"),
+      card("tokens / bytes", `${d.n_tokens} / ${d.n_bytes}${d.truncated ? " (first 2048 tokens)" : ""}`, "s-n")));
+    const scale = Math.max(2 * d.loss, 1);
+    const box = h("div", { class: "text-surprise card" });
+    for (const t of d.tokens) {
+      const span = h("span", { "data-loss": t.loss.toFixed(3) }, t.text);
+      span.style.background = lossColor(t.loss, scale);
+      const alts = t.alternatives.map(a => `  ${showTok(a.text).padEnd(6)} p ${a.p.toFixed(3)}`).join("\n");
+      const tipText = `${showTok(t.text)}: \u2212log p = ${t.loss.toFixed(3)} nats (p ${Math.exp(-t.loss).toFixed(3)})\nexpected:\n${alts}`;
+      span.addEventListener("mousemove", e => NT.tip(e, tipText));
+      span.addEventListener("mouseleave", e => NT.tip(e, null));
+      box.append(span);
+    }
+    out.append(box, h("p", { class: "note" }, `Shading: 0 nats (white) to ${scale.toFixed(1)} nats and above (red).`));
+  }
+  loadDocs();
+  score();
+}
+
+// ---- sample ----
+async function pageSample() {
+  app.innerHTML = "";
+  app.append(h("h1", {}, "Sample"));
+  const picker = await runPicker();
+  if (picker.empty) { app.append(h("p", { class: "muted" }, "No run with a checkpoint yet.")); return; }
+  const prompt = h("textarea", { id: "sprompt", rows: 3, cols: 80 }, "def ");
+  const num = (id, value, attrs = {}) => h("input", { type: "number", id, value, style: null, ...attrs });
+  const temp = num("stemp", 0.8, { step: 0.05, min: 0 }), topK = num("topk", 50, { min: 1 }),
+    topP = num("topp", "", { step: 0.05, min: 0, max: 1, placeholder: "off" }), n = num("ntok", 300, { min: 1, max: 2000 }),
+    seed = num("seed", "", { placeholder: "random" });
+  const out = h("div", { class: "sample-out card", id: "sample-out" });
+  const meta = h("p", { class: "muted", id: "sample-meta" });
+  const go = h("button", { id: "generate" }, "Generate");
+  let controller = null;
+  go.addEventListener("click", async () => {
+    if (controller) { controller.abort(); return; }
+    const sel = picker.get();
+    const v = (el, f = Number) => el.value === "" ? null : f(el.value);
+    const body = { run: sel.run, step: sel.step, prompt: prompt.value, temperature: v(temp), top_k: v(topK),
+      top_p: v(topP), max_new_tokens: v(n), seed: v(seed) };
+    out.innerHTML = ""; out.append(h("span", { class: "prompt" }, prompt.value));
+    const gen = h("span"); out.append(gen);
+    controller = new AbortController(); go.textContent = "Stop";
+    try {
+      const r = await fetch("/api/sample", { method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify(body), signal: controller.signal });
+      if (!r.ok) throw new Error((await r.json()).error);
+      const reader = r.body.getReader(), dec = new TextDecoder();
+      let buf = "", count = 0;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\n")) >= 0) {
+          const line = JSON.parse(buf.slice(0, i)); buf = buf.slice(i + 1);
+          if (line.seed !== undefined) meta.textContent = `seed ${line.seed} (enter it to repeat this sample) · ${line.checkpoint}`;
+          if (line.text !== undefined) { gen.textContent += line.text; count++; }
+          if (line.done) meta.textContent += ` · ${count} pieces`;
+        }
+      }
+    } catch (e) { if (e.name !== "AbortError") out.append(errorBox(e)); }
+    finally { controller = null; go.textContent = "Generate"; }
+  });
+  app.append(h("div", { class: "controls" }, picker), prompt,
+    h("div", { class: "controls" }, h("label", {}, "temperature"), temp, h("label", {}, "top-k"), topK,
+      h("label", {}, "top-p"), topP, h("label", {}, "tokens"), n, h("label", {}, "seed"), seed, go), meta, out);
+}
+
+// ---- compare ----
+const COMPARE_CURVES = [["train loss", "train_loss"], ["val loss", "val_loss"], ["val bits per byte", "val_bpb"],
+  ["learning rate", "lr"], ["gradient norm", "grad_norm"]];
+
+async function pageCompare() {
+  app.innerHTML = "";
+  app.append(h("h1", {}, "Compare"));
+  const data = await api("/api/runs");
+  const runs = data.runs.filter(r => !r.error);
+  const chosen = new Set(params.getAll("run").length ? params.getAll("run") : runs.slice(0, 2).map(r => r.id));
+  let xAxis = "step", logY = true;
+  const pick = h("div", { class: "controls", id: "pick" });
+  for (const r of runs) {
+    const cb = h("input", { type: "checkbox", value: r.id, checked: chosen.has(r.id) ? "" : null });
+    cb.addEventListener("change", () => { cb.checked ? chosen.add(r.id) : chosen.delete(r.id); draw(); });
+    pick.append(h("label", {}, cb, " " + r.id));
+  }
+  const charts = h("div", { class: "grid", id: "compare-charts" }), diff = h("div", { id: "diff" });
+  app.append(pick, h("div", { class: "controls" },
+    h("label", {}, "x"), seg("cx", [["step", "steps"], ["tokens", "tokens"], ["time", "wall-clock"]], xAxis, v => { xAxis = v; draw(); }),
+    h("label", {}, "y"), seg("cy", [["log", "log"], ["lin", "linear"]], "log", v => { logY = v === "log"; draw(); })),
+    charts, h("h2", {}, "Config differences"), diff);
+
+  async function draw() {
+    const ids = runs.map(r => r.id).filter(id => chosen.has(id));
+    history.replaceState(null, "", "/compare?" + ids.map(id => "run=" + encodeURIComponent(id)).join("&"));
+    charts.innerHTML = ""; diff.innerHTML = "";
+    if (!ids.length) { charts.append(h("p", { class: "muted" }, "Pick runs to overlay.")); return; }
+    const curves = await Promise.all(ids.map(id => api(`/api/curves?run=${encodeURIComponent(id)}&x=${xAxis}`)));
+    for (const [title, name] of COMPARE_CURVES) {
+      const series = [];
+      curves.forEach((c, i) => { if (c.series[name]) series.push({ name: ids[i], x: c.series[name].x, y: c.series[name].y,
+        color: NT.COLORS[i % NT.COLORS.length], dots: name.startsWith("val") }); });
+      if (!series.length) continue;
+      const div = h("div", { class: "card", "data-chart": name });
+      charts.append(div);
+      NT.chart(div, { title, series, logY: logY && name !== "val_bpb", xLabel: X_LABEL[xAxis] });
+    }
+    const cmp = await api("/api/compare?" + ids.map(id => "run=" + encodeURIComponent(id)).join("&"));
+    const t = h("table", { class: "mono" }, h("tr", {}, h("th", {}, "field"), ids.map(id => h("th", {}, id))));
+    for (const row of cmp.diff) t.append(h("tr", {}, h("td", {}, row.field), ids.map(id => h("td", {}, JSON.stringify(row.values[id])))));
+    diff.append(cmp.diff.length ? t : h("p", { class: "muted" }, "Same config."));
+  }
+  draw();
+}
+
 // ---- router ----
-const PAGES = { "/": pageRuns, "/run": pageRun, "/next": pageNext };
+const PAGES = { "/": pageRuns, "/run": pageRun, "/next": pageNext, "/surprise": pageSurprise, "/sample": pageSample,
+  "/compare": pageCompare };
 (function route() {
   const path = location.pathname;
   document.querySelectorAll("header nav a").forEach(a => a.classList.toggle("on", a.dataset.page === path

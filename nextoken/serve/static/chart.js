@@ -122,7 +122,10 @@ function render(svg, opts) {
   const sx = v => m.l + (tx(v) - x0) / (x1 - x0) * (W - m.l - m.r);
   const sy = v => m.t + (1 - (ty(v) - y0) / (y1 - y0)) * (H - m.t - m.b);
   const axis = el("g", { class: "axis" }, svg);
-  const yt = opts.logY ? logTicks(y0, y1) : niceTicks(y0, y1, 5);
+  let yt = opts.logY ? logTicks(y0, y1) : niceTicks(y0, y1, 5);
+  if (opts.logY && yt.length < 3) {  // a narrow log range: evenly spaced values, placed on the log scale
+    yt = niceTicks(Math.pow(10, y0), Math.pow(10, y1), 4).filter(v => v > 0).map(Math.log10);
+  }
   for (const v of yt) {
     const val = opts.logY ? Math.pow(10, v) : v, y = sy(val);
     el("line", { x1: m.l, x2: W - m.r, y1: y, y2: y }, axis);
