@@ -342,3 +342,78 @@ def test_cli_refuses_a_missing_directory(capsys, tmp_path):
     assert main(["serve", str(tmp_path / "nowhere")]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+# ---- scaling ----
+
+def make_sweep(folder: Path) -> Path:
+    """A sweep directory as `nextoken sweep` leaves it: sweep.json and finished runs on two budgets' IsoFLOP
+    profiles, with losses from a known law (E 1.7, A 400, B 400, alpha 0.34, beta 0.28)."""
+    from nextoken.config import Config
+
+    base = Config()
+    runs = {}
+    for budget in (1e13, 1e14, 1e15):
+        for n in np.geomspace(2e4, 2e6, 6):
+            tokens = budget / (6 * n)
+            name = f"c{budget:.0e}-n{int(n)}"
+            runs[name] = {"name": name, "budget": budget, "n_layer": 2, "n_head": 2, "d_model": 64,
+                          "params": int(n), "params_total": int(n), "max_steps": 10, "tokens": int(tokens),
+                          "flops": budget, "seed": 0}
+            loss = 1.7 + 400 / n**0.34 + 400 / tokens**0.28
+            d = folder / name
+            d.mkdir(parents=True)
+            (d / "config.toml").write_text(base.to_toml())
+            (d / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 10, "split": "val", "loss": loss,
+                                                         "bits_per_byte": loss / math.log(2)}) + "\n")
+    (folder / "sweep.json").write_text(json.dumps({"version": 1, "base": base.to_dict(), "runs": runs}))
+    return folder
+
+
+def test_sweep_profiles_and_fit_computed_without_writing(tmp_path):
+    root = tmp_path / "root"
+    sweep = make_sweep(root / "sw")
+    before = sorted(p.name for p in sweep.iterdir())
+    c = starlette_testclient.TestClient(create_app([root]))
+    listing = c.get("/api/runs").json()
+    assert [s["id"] for s in listing["sweeps"]] == ["root/sw"] and len(listing["runs"]) == 18
+    body = c.get("/api/sweep", params={"sweep": "root/sw"}).json()
+    assert body["runs_finished"] == 18 and len(body["profiles"]) == 3
+    assert body["fit_source"].startswith("computed") and not body["has_fit_json"]
+    assert body["fit"]["alpha"] == pytest.approx(0.34, abs=0.05)
+    assert sorted(p.name for p in sweep.iterdir()) == before  # read-only: no fit.json written
+    assert c.get("/api/sweep", params={"sweep": "root/sw/.."}).status_code == 403
+    assert c.get("/api/sweep", params={"sweep": "root/sw/c1e+13-n20000"}).status_code == 400  # not a sweep
+    r = c.get("/api/plan", params={"sweep": "root/sw", "flops": 1e16})
+    assert r.status_code == 400 and "fit.json" in r.json()["error"]
+
+
+def test_plan_calculator(client):
+    body = client.get("/api/plan", params={"flops": 5.76e23, "law": "chinchilla"}).json()
+    from nextoken.api import plan
+
+    ref = plan(flops=5.76e23)
+    assert body["params"] == pytest.approx(ref["params"]) and body["loss"] == pytest.approx(ref["loss"])
+    assert client.get("/api/plan", params={"params": 7e9, "tokens_per_s": 1e6}).json()["time_s"] > 0
+    assert client.get("/api/laws").json()["laws"][0] == "chinchilla"
+
+
+@pytest.mark.parametrize("query", [{}, {"flops": "lots"}, {"flops": -1}, {"flops": 1e21, "law": "moore"},
+                                   {"flops": "inf"}, {"flops": 1e21, "sweep": "runs/../x"}])
+def test_plan_bad_inputs(client, query):
+    r = client.get("/api/plan", params=query)
+    assert r.status_code in (400, 403) and r.json()["error"]
+
+
+def test_sweep_with_its_fit_json_and_plan_from_it(tmp_path):
+    from nextoken.api import fit
+
+    root = tmp_path / "root"
+    sweep = make_sweep(root / "sw")
+    fit(sweep, bootstrap=4)
+    c = starlette_testclient.TestClient(create_app([root]))
+    body = c.get("/api/sweep", params={"sweep": "root/sw"}).json()
+    assert body["fit_source"] == "fit.json" and body["fit"]["ci90"]["alpha"][0] <= body["fit"]["alpha"]
+    r = c.get("/api/plan", params={"sweep": "root/sw", "flops": 1e16})
+    assert r.status_code == 200, r.text
+    assert r.json()["law"] != "chinchilla" and r.json()["params"] > 0

@@ -454,9 +454,113 @@ async function pageCompare() {
   draw();
 }
 
+// ---- scaling ----
+async function pageScaling() {
+  app.innerHTML = "";
+  app.append(h("h1", {}, "Scaling"));
+  const runs = await api("/api/runs");
+  const lawNames = (await api("/api/laws")).laws;
+  const sweepSel = h("select", { id: "sweep" }, h("option", { value: "" }, "— no sweep —"),
+    runs.sweeps.map(s => h("option", { value: s.id }, s.id)));
+  if (params.get("sweep")) sweepSel.value = params.get("sweep");
+  else if (runs.sweeps.length) sweepSel.value = runs.sweeps[0].id;
+  const view = h("div", { id: "sweep-view" });
+  const lawSel = h("select", { id: "law" });
+  const input = (id, ph) => h("input", { type: "text", id, placeholder: ph, size: 10 });
+  const C = input("p-flops", "e.g. 1e21"), N = input("p-params", "e.g. 7e9"), D = input("p-tokens", "e.g. 1.4e12"),
+    tps = input("p-tps", "optional");
+  C.value = "1e21";
+  const planOut = h("div", { id: "plan-out" });
+  app.append(h("div", { class: "controls" }, h("label", {}, "sweep"), sweepSel), view,
+    h("h2", {}, "Plan a run"),
+    h("div", { class: "controls" }, h("label", {}, "law"), lawSel, h("label", {}, "compute C (FLOPs)"), C,
+      h("label", {}, "parameters N"), N, h("label", {}, "tokens D"), D, h("label", {}, "tokens/s"), tps,
+      h("button", { id: "plan", onclick: () => plan() }, "Plan")),
+    h("p", { class: "note" }, "One of C, N, D gives the compute-optimal others; two give the third (C = 6ND, or the sweep's exact FLOP count) and what that allocation costs against the optimum."),
+    planOut);
+  let sweepData = null;
+
+  function fillLaws() {
+    lawSel.innerHTML = "";
+    if (sweepData && sweepData.has_fit_json) lawSel.append(h("option", { value: "fit" }, "this sweep's fit"));
+    for (const l of lawNames) lawSel.append(h("option", { value: l }, l));
+  }
+
+  async function loadSweep() {
+    view.innerHTML = ""; sweepData = null;
+    if (sweepSel.value) {
+      try { sweepData = await api("/api/sweep?sweep=" + encodeURIComponent(sweepSel.value)); }
+      catch (e) { view.append(errorBox(e)); }
+    }
+    fillLaws();
+    if (!sweepData) { if (!runs.sweeps.length) view.append(h("p", { class: "muted" }, "No sweep under the served directories (nextoken sweep --out DIR writes one); the calculator below uses the published laws.")); return; }
+    const d = sweepData, f = d.fit;
+    view.append(h("p", { class: "muted" }, `${d.runs_finished} of ${d.runs_planned} runs finished · fit: ${d.fit_source || "none yet (needs 5 finished runs)"}`));
+    const grid = h("div", { class: "grid" });
+    view.append(grid);
+    const series = d.profiles.map((g, i) => ({ name: "C \u2248 " + fmt(g[0].budget || g[0].flops, 2), x: g.map(p => p.params),
+      y: g.map(p => p.loss), color: NT.COLORS[i % NT.COLORS.length], dots: true }));
+    const profs = (f && f.approach2 && f.approach2.profiles) || [];
+    profs.forEach((pr, i) => {
+      if (!pr.parabola) return;
+      const xs = d.profiles[i] ? d.profiles[i].map(p => Math.log(p.params)) : [];
+      if (!xs.length) return;
+      const lo = Math.min(...xs), hi = Math.max(...xs), px = [], py = [];
+      for (let k = 0; k <= 40; k++) { const x = lo + (hi - lo) * k / 40; px.push(Math.exp(x)); py.push(pr.parabola[0] * x * x + pr.parabola[1] * x + pr.parabola[2]); }
+      series.push({ name: i === 0 ? "fitted parabolas" : "", x: px, y: py, color: "#adb5bd" });
+    });
+    const minima = profs.filter(p => p.params_opt);
+    if (minima.length) series.push({ name: "minima", x: minima.map(p => p.params_opt), y: minima.map(p => p.loss_opt), color: "#c5221f", dots: true, line: false });
+    const c1 = h("div", { class: "card", "data-chart": "isoflop" }); grid.append(c1);
+    NT.chart(c1, { title: "IsoFLOP profiles: loss against parameters", series, logX: true, logY: true, xLabel: "parameters N" });
+    if (minima.length >= 2 && f.approach2.a !== undefined) {
+      const cs = minima.map(p => p.flops), lo = Math.min(...cs) / 3, hi = Math.max(...cs) * 3, fx = [], fy = [];
+      for (let k = 0; k <= 20; k++) { const c = lo * Math.pow(hi / lo, k / 20); fx.push(c); fy.push(f.approach2.kN * Math.pow(c, f.approach2.a)); }
+      const c2 = h("div", { class: "card", "data-chart": "frontier" }); grid.append(c2);
+      NT.chart(c2, { title: "compute-optimal N against C", logX: true, logY: true, xLabel: "FLOPs C", series: [
+        { name: "minima", x: cs, y: minima.map(p => p.params_opt), color: "#c5221f", dots: true, line: false },
+        { name: `N_opt \u221d C^${f.approach2.a.toFixed(3)}`, x: fx, y: fy, color: "#2f5fd0" }] });
+    }
+    if (f) {
+      const ci = { ...(f.ci90 || {}) };
+      if (f.a_source !== "approach3") { delete ci.a; delete ci.b; }  // approach 3's intervals, not approach 2's a, b
+      const t = h("table", { id: "law-constants" }, h("tr", {}, h("th", {}, "constant"), h("th", { class: "num" }, "fit"), h("th", { class: "num" }, "90% interval"), h("th", { class: "num" }, "Chinchilla")));
+      for (const k of ["E", "A", "B", "alpha", "beta", "a", "b"]) {
+        t.append(h("tr", {}, h("td", {}, k), h("td", { class: "num" }, fmt(f[k])),
+          h("td", { class: "num" }, ci[k] ? `${fmt(ci[k][0])} \u2013 ${fmt(ci[k][1])}` : "\u2013"),
+          h("td", { class: "num" }, f.chinchilla && f.chinchilla[k] !== undefined ? fmt(f.chinchilla[k]) : "")));
+      }
+      grid.append(h("div", { class: "card" }, h("h3", {}, "L(N, D) = E + A/N^\u03b1 + B/D^\u03b2 (Hoffmann et al. 2022, eq. 2)"), t,
+        h("p", { class: "note" }, `a, b from ${f.a_source}; ${f.n_points} points; FLOPs ${f.flops_convention || "6ND"}`)));
+    }
+  }
+
+  async function plan() {
+    const q = new URLSearchParams();
+    for (const [k, el] of [["flops", C], ["params", N], ["tokens", D], ["tokens_per_s", tps]]) if (el.value.trim()) q.set(k, el.value.trim());
+    if (lawSel.value === "fit") q.set("sweep", sweepSel.value); else q.set("law", lawSel.value);
+    planOut.innerHTML = "";
+    let r;
+    try { r = await api("/api/plan?" + q); } catch (e) { planOut.append(errorBox(e)); return; }
+    const sh = r.shape || {};
+    const rows = [["parameters N", fmt(r.params)], ["tokens D", fmt(r.tokens)], ["compute C (FLOPs)", r.flops.toExponential(3)],
+      ["tokens per parameter", r.tokens_per_param.toFixed(1)], ["predicted loss (nats/token)", r.loss.toFixed(4)],
+      ["shape", `${sh.n_layer} layers \u00d7 ${sh.d_model}, ${sh.n_head} heads`],
+      ["compute-optimal at this C", `N ${fmt(r.optimal.params)}, D ${fmt(r.optimal.tokens)}, loss ${r.optimal.loss.toFixed(4)}`]];
+    if (r.time_s) rows.push(["time", `${(r.time_s / 3600).toFixed(2)} h ${r.time_basis}`]);
+    if (r.train_command) rows.push(["train it", r.train_command]);
+    planOut.append(h("div", { class: "card" }, h("table", { id: "plan-table" },
+      rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "mono wrap" }, v))))));
+  }
+
+  sweepSel.addEventListener("change", async () => { await loadSweep(); });
+  await loadSweep();
+  plan();
+}
+
 // ---- router ----
 const PAGES = { "/": pageRuns, "/run": pageRun, "/next": pageNext, "/surprise": pageSurprise, "/sample": pageSample,
-  "/compare": pageCompare };
+  "/compare": pageCompare, "/scaling": pageScaling };
 (function route() {
   const path = location.pathname;
   document.querySelectorAll("header nav a").forEach(a => a.classList.toggle("on", a.dataset.page === path

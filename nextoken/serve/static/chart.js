@@ -12,6 +12,7 @@ NT.EVENT_COLORS = { spike: "#e67700", skip: "#862e9c", rollback: "#c5221f", nan:
 NT.fmt = function (v, digits = 4) {
   if (v === null || v === undefined || !isFinite(v)) return "–";
   const a = Math.abs(v);
+  if (a >= 1e12) return v.toExponential(2);
   if (a >= 1e9) return (v / 1e9).toPrecision(3) + "G";
   if (a >= 1e6) return (v / 1e6).toPrecision(3) + "M";
   if (a >= 1e4) return (v / 1e3).toPrecision(3) + "k";
@@ -79,6 +80,7 @@ NT.chart = function (container, opts) {
   legend.className = "legend";
   container.appendChild(legend);
   for (const s of opts.series) {
+    if (!s.name) continue;
     const span = document.createElement("span");
     const i = document.createElement("i");
     i.style.background = s.color;
@@ -160,7 +162,7 @@ function render(svg, opts) {
       d += (pen ? "L" : "M") + X.toFixed(1) + " " + Y.toFixed(1);
       pen = true;
     }
-    el("path", { class: "series", d: d, stroke: s.color, "data-series": s.name }, svg);
+    if (s.line !== false) el("path", { class: "series", d: d, stroke: s.color, "data-series": s.name }, svg);
     if (s.dots || s.x.length < 40) {
       for (let i = 0; i < s.x.length; i++) {
         const X = sx(s.x[i]), Y = sy(s.y[i]);
@@ -181,7 +183,7 @@ function render(svg, opts) {
     let snap = null;
     for (const s of opts.series) {
       const i = nearest(s.x, xval);
-      if (i < 0) continue;
+      if (i < 0 || !s.name) continue;
       if (snap === null) snap = s.x[i];
       lines.push(`${s.name}: ${NT.fmt(s.y[i])}  (${opts.xLabel || "x"} ${NT.fmt(s.x[i])})`);
     }
