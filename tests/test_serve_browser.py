@@ -91,7 +91,7 @@ def test_runs_curves_and_next_token_in_chromium(server, shots, tmp_path):
             assert page.locator('[data-chart="train_loss"] .event-dot').count() >= 1  # checkpoints, incidents
             page.click('#xaxis button[data-v="tokens"]')
             expect(page.locator('#xaxis button[data-v="tokens"]')).to_have_class("on")
-            page.locator('[data-chart="train_loss"] .axis text').first.wait_for()
+            expect(page.locator('[data-chart="train_loss"] .axis text').last).to_have_text("tokens")
             page.screenshot(path=str(shots / "serve-run.png"), full_page=True)
 
             # next token: type a prompt, drag the temperature, mark the true token

@@ -139,7 +139,7 @@ async function pageRun() {
   const redraw = () => drawCurves(charts, last, xAxis, logY);
   app.append(head, h("div", { class: "controls" },
     h("label", {}, "x"), seg("xaxis", [["step", "steps"], ["tokens", "tokens"], ["time", "wall-clock"]], xAxis,
-      v => { xAxis = v; version = -1; }),
+      v => { xAxis = v; version = -1; refresh(); }),
     h("label", {}, "y"), seg("yaxis", [["log", "log"], ["lin", "linear"]], logY ? "log" : "lin",
       v => { logY = v === "log"; redraw(); }),
     h("a", { href: "/next?run=" + encodeURIComponent(id) }, "next token →"),
@@ -147,7 +147,7 @@ async function pageRun() {
     h("a", { href: "/sample?run=" + encodeURIComponent(id) }, "sample →")),
   h("div", { class: "layout" }, charts, side));
   let configShown = false;
-  every(POLL_MS, async () => {
+  const refresh = async () => {
     const run = await api("/api/run?run=" + encodeURIComponent(id));
     head.innerHTML = "";
     head.append(h("h1", {}, run.name, " ", stateTag(run.state)),
@@ -164,10 +164,14 @@ async function pageRun() {
       side.append(h("h2", {}, "Resolved config"), h("div", { class: "card" }, t));
     }
     if (run.version === version) return;  // nothing new in metrics.jsonl
-    last = await api(`/api/curves?run=${encodeURIComponent(id)}&x=${xAxis}`);
+    const axis = xAxis;
+    const curves = await api(`/api/curves?run=${encodeURIComponent(id)}&x=${axis}`);
+    if (axis !== xAxis) return;  // the axis changed while this was in flight
+    last = curves;
     version = last.version;
     redraw();
-  });
+  };
+  every(POLL_MS, refresh);
 }
 
 function drawCurves(box, data, xAxis, logY) {
