@@ -417,3 +417,26 @@ def test_sweep_with_its_fit_json_and_plan_from_it(tmp_path):
     r = c.get("/api/plan", params={"sweep": "root/sw", "flops": 1e16})
     assert r.status_code == 200, r.text
     assert r.json()["law"] != "chinchilla" and r.json()["params"] > 0
+
+
+def test_a_run_being_trained_shows_live(tmp_path, bytes_data):
+    """While `train` writes a run, the API sees it running and its curve growing; then finished."""
+    from nextoken.api import train
+
+    root = tmp_path / "root"
+    root.mkdir()
+    c = starlette_testclient.TestClient(create_app([root]))
+    cfg = tiny_config(bytes_data, train__max_steps=150, train__eval_every=50, train__ckpt_every=50)
+    thread = threading.Thread(target=train, args=(cfg, root / "live"), kwargs={"quiet": True})
+    thread.start()
+    seen: list[tuple[str, int]] = []
+    while thread.is_alive():
+        r = c.get("/api/curves", params={"run": "root/live"})
+        if r.status_code == 200 and "train_loss" in r.json()["series"]:
+            state = c.get("/api/run", params={"run": "root/live"}).json()["state"]
+            seen.append((state, len(r.json()["series"]["train_loss"]["x"])))
+        time.sleep(0.02)
+    thread.join()
+    running = [n for s, n in seen if s == "running"]
+    assert len(set(running)) >= 2, seen  # seen running at two different lengths at least
+    assert c.get("/api/run", params={"run": "root/live"}).json()["state"] == "finished"
