@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -51,6 +53,8 @@ class State:
         self.roots = roots
         self.tail = MetricsTail()
         self.models = M.ModelCache()
+        self.curves: OrderedDict[tuple, dict] = OrderedDict()  # (run, metrics bytes read, x, buckets): polls of
+        self.curves_lock = threading.Lock()                     # an unchanged run cost nothing
         self.started = time.time()
 
 
@@ -168,7 +172,16 @@ async def run_curves(request: Request, st: State) -> dict:
     def work():
         run = st.roots.run(rid)
         rows, tail = st.tail.read(run.path)
-        return {"id": rid, "version": tail.offset, **curves(rows, x, buckets)}
+        key = (str(run.path), tail.ino, tail.offset, x, buckets)
+        with st.curves_lock:
+            if key in st.curves:
+                return st.curves[key]
+        out = {"id": rid, "version": tail.offset, **curves(rows, x, buckets)}
+        with st.curves_lock:
+            st.curves[key] = out
+            while len(st.curves) > 32:
+                st.curves.popitem(last=False)
+        return out
     return await _threaded(work)
 
 

@@ -161,9 +161,11 @@ class MetricsTail:
 
 def last_per_step(rows: list[dict], kind: str) -> list[dict]:
     """One line per step of `kind` with a loss, the last written (Run.last_per_step's rule)."""
-    by_step = {r["step"]: r for r in rows if r.get("kind") == kind and r.get("loss") is not None
-               and isinstance(r.get("step"), int)}
-    return [by_step[s] for s in sorted(by_step)]
+    by_step = {}
+    for r in rows:
+        if r.get("kind") == kind and r.get("loss") is not None:
+            by_step[r.get("step")] = r
+    return [by_step[s] for s in sorted(k for k in by_step if isinstance(k, int))]
 
 
 # ---- state -----------------------------------------------------------------------------------------
@@ -285,12 +287,9 @@ def downsample(x: np.ndarray, y: np.ndarray, buckets: int) -> tuple[np.ndarray, 
     if n <= 2 * buckets:
         return x, y
     edges = np.linspace(0, n, buckets + 1).astype(int)
-    keep = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        seg = y[lo:hi]
-        a, b = lo + int(np.argmin(seg)), lo + int(np.argmax(seg))
-        keep.extend(sorted({a, b}))
-    keep = np.array(sorted(set(keep) | {0, n - 1}))
+    # sorted by (bucket, y), each bucket's first entry is its minimum and its last its maximum
+    order = np.lexsort((y, np.repeat(np.arange(buckets), np.diff(edges))))
+    keep = np.unique(np.concatenate([order[edges[:-1]], order[edges[1:] - 1], [0, n - 1]]))
     return x[keep], y[keep]
 
 
@@ -303,9 +302,14 @@ def curves(rows: list[dict], x_axis: str = "step", buckets: int = 1000) -> dict:
         raise NextokenError(f"buckets must be between 10 and 20000; got {buckets}")
     train = last_per_step(rows, "train")
     evals = [r for r in last_per_step(rows, "eval") if r.get("split", "val") == "val"]
-    t_step = np.array([r["step"] for r in train], dtype=float)
-    t_tok = np.array([_finite(r.get("tokens")) or 0.0 for r in train])
-    t_time = np.array([_finite(r.get("elapsed_s")) or 0.0 for r in train])
+    def column(src: list[dict], key: str) -> np.ndarray:  # None (and anything not a number) becomes NaN
+        try:
+            return np.array([r.get(key) for r in src], dtype=float)
+        except (TypeError, ValueError):
+            return np.array([_finite(r.get(key)) for r in src], dtype=float)
+
+    t_step = column(train, "step")
+    t_tok, t_time = np.nan_to_num(column(train, "tokens")), np.nan_to_num(column(train, "elapsed_s"))
 
     def to_x(steps: np.ndarray) -> np.ndarray:
         if x_axis == "step" or not len(t_step):
@@ -313,21 +317,21 @@ def curves(rows: list[dict], x_axis: str = "step", buckets: int = 1000) -> dict:
         ref = t_tok if x_axis == "tokens" else t_time
         return np.interp(steps, np.concatenate([[0.0], t_step]), np.concatenate([[0.0], ref]))
 
+    train_x = to_x(t_step)
+    eval_x = to_x(column(evals, "step"))
     out = {}
     for name, (kind, key) in SERIES.items():
-        src = train if kind == "train" else evals
-        pts = [(r["step"], _finite(r.get(key))) for r in src]
-        pts = [(s, v) for s, v in pts if v is not None]
-        if not pts:
+        y = column(train if kind == "train" else evals, key)
+        ok = np.isfinite(y)
+        if not ok.any():
             continue
-        s = np.array([p[0] for p in pts], dtype=float)
-        x, y = downsample(to_x(s), np.array([p[1] for p in pts]), buckets)
-        out[name] = {"x": [round(float(v), 6) for v in x], "y": [float(v) for v in y], "n": len(pts)}
-    events = []
-    for r in rows:
-        if r.get("kind") == "event" and isinstance(r.get("step"), int) and r.get("type") != "hardware":
-            events.append({"type": r.get("type"), "step": r["step"], "detail": r.get("detail"),
-                           "x": float(to_x(np.array([float(r["step"])]))[0])})
+        x, y = downsample((train_x if kind == "train" else eval_x)[ok], y[ok], buckets)
+        out[name] = {"x": np.round(x, 6).tolist(), "y": y.tolist(), "n": int(ok.sum())}
+    lines = [r for r in rows if r.get("kind") == "event" and isinstance(r.get("step"), int)
+             and r.get("type") != "hardware"]
+    xs = to_x(np.array([r["step"] for r in lines], dtype=float)).tolist()
+    events = [{"type": r.get("type"), "step": r["step"], "detail": r.get("detail"), "x": x}
+              for r, x in zip(lines, xs, strict=True)]
     return {"x": x_axis, "series": out, "events": events}
 
 
