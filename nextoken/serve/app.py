@@ -238,7 +238,7 @@ async def val_docs(request: Request, st: State) -> dict:
 
 @api
 async def sample(request: Request, st: State) -> Response:
-    from nextoken.generate import check_sampling, draw_seed, stream_text
+    from nextoken.generate import check_sampling, draw_seed, encode_prompt, stream_text
 
     b = await _body(request)
     rid, step, prompt = _param(b, "run", required=True), _param(b, "step", int), _param(b, "prompt", default="")
@@ -251,8 +251,6 @@ async def sample(request: Request, st: State) -> Response:
     check_sampling(temperature, top_k, top_p, n)
     seed = draw_seed() if seed is None else seed
     loaded = await _threaded(st.models.get, st.roots.run(rid), step)
-    from nextoken.generate import encode_prompt
-
     encode_prompt(loaded.tokenizer, prompt)  # one-line error before the stream starts
 
     def lines():  # a sync iterator: Starlette runs it in its thread pool, one token at a time
