@@ -223,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the intervals (0: none)")
     ft.add_argument("--json", action="store_true")
     ft.set_defaults(handler=cmd_fit)
+
+    se = sub.add_parser("serve", help="a local web app: watch, probe and compare runs in the browser")
+    se.add_argument("paths", nargs="*", metavar="RUN_OR_DIR", help="run directories or folders of runs and sweeps "
+                    "(default ./runs)")
+    se.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                    "only)")
+    se.add_argument("--port", type=_int_at_least(0), default=8600, help="port (default 8600; 0: any free one)")
+    se.set_defaults(handler=cmd_serve)
     return p
 
 
@@ -303,7 +311,7 @@ def cmd_train(args, extra) -> int:
 
     png = plot_run(run)
     _err(f"\nplot: {png}\ncheckpoint: {res['checkpoint']}\n"
-         f"next: nextoken sample {run} --prompt 'def'   |   nextoken eval {run}")
+         f"next: nextoken sample {run} --prompt 'def'   |   nextoken eval {run}   |   nextoken serve {run}")
     return 0
 
 
@@ -468,6 +476,13 @@ def cmd_import(args, extra) -> int:
     _err(f"imported {res['architecture']} ({m['n_layer']} x {m['d_model']}, vocab {m['vocab_size']}) into "
          f"{res['run']}\nnext: nextoken eval {res['run']} --data DATA   |   nextoken sample {res['run']}   |   "
          f"nextoken train --init-from {res['run']} --data DATA --out NEW")
+    return 0
+
+
+def cmd_serve(args, extra) -> int:
+    from nextoken.serve import serve
+
+    serve(args.paths, args.host, args.port, log=_err)
     return 0
 
 

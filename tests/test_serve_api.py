@@ -1,0 +1,442 @@
+"""`nextoken serve`'s JSON API through Starlette's TestClient: every endpoint, and the bad inputs the issue
+names (paths that leave the roots, half-written metrics, checkpoints mid-rename, corrupt and foreign
+directories, a port in use)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from nextoken.errors import NextokenError
+from nextoken.run import Run
+from nextoken.serve import bind
+from nextoken.serve.app import create_app
+from nextoken.serve.runs import downsample, run_state
+
+starlette_testclient = pytest.importorskip("starlette.testclient")
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, bytes_data) -> Path:
+    """A folder of runs: `clean` (finished), `faults` (with injected incidents), both tiny."""
+    from nextoken.api import train
+
+    root = tmp_path_factory.mktemp("serve") / "runs"
+    train(tiny_config(bytes_data, train__max_steps=30), root / "clean", quiet=True)
+    train(tiny_config(bytes_data, train__max_steps=30, stability__inject="lr@15x100,nan@20"), root / "faults",
+          quiet=True)
+    return root
+
+
+@pytest.fixture()
+def client(served):
+    return starlette_testclient.TestClient(create_app([served]))
+
+
+def copy_run(served: Path, tmp_path: Path, name: str = "copy") -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(served / "clean", root / name)
+    return root
+
+
+# ---- runs and a run ----
+
+def test_runs_lists_both_with_state_and_summary(client):
+    runs = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert set(runs) == {"runs/clean", "runs/faults"}
+    clean = runs["runs/clean"]
+    assert clean["state"] == "finished" and clean["step"] == 30 and clean["max_steps"] == 30
+    assert clean["best_val_loss"] > 0 and clean["best_val_bpb"] > 0 and clean["tokens_per_s"] > 0
+    assert clean["checkpoints"] == [20, 30]
+    assert runs["runs/faults"]["last_incident"]["type"] in ("rollback", "nan", "spike", "skip")
+
+
+def test_run_detail_has_config_and_state(client):
+    r = client.get("/api/run", params={"run": "runs/clean"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["config"]["train"]["max_steps"] == 30 and body["state"] == "finished"
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+
+
+@pytest.mark.parametrize("x", ["step", "tokens", "time"])
+def test_curves_on_each_axis_with_events(client, x):
+    body = client.get("/api/curves", params={"run": "runs/faults", "x": x}).json()
+    assert {"train_loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens_per_s"} <= set(body["series"])
+    loss = body["series"]["train_loss"]
+    assert len(loss["x"]) == len(loss["y"]) > 0 and loss["x"] == sorted(loss["x"])
+    types = {e["type"] for e in body["events"]}
+    assert {"checkpoint", "nan"} <= types
+    if x == "tokens":  # events sit on the same axis as the curves: step s at s * tokens per step
+        nan = next(e for e in body["events"] if e["type"] == "nan")
+        assert nan["x"] == pytest.approx(nan["step"] * 4 * 32)
+
+
+@pytest.mark.parametrize("url,status", [
+    ("/api/run?run=runs/../runs/clean", 403), ("/api/run?run=/etc", 403), ("/api/run?run=runs/clean/../../x", 403),
+    ("/api/run?run=elsewhere/clean", 404), ("/api/run?run=runs/none", 404), ("/api/run", 400),
+    ("/api/curves?run=runs/clean&x=epochs", 400), ("/api/curves?run=runs/clean&buckets=abc", 400),
+    ("/api/curves?run=runs/clean&buckets=1", 400), ("/api/compare", 400), ("/api/nothing", 404),
+])
+def test_bad_queries_are_one_line_errors(client, url, status):
+    r = client.get(url)
+    assert r.status_code == status, r.text
+    assert "\n" not in r.json()["error"]
+
+
+def test_symlink_out_of_the_root_is_refused_and_not_listed(served, tmp_path):
+    root = copy_run(served, tmp_path)
+    (root / "link").symlink_to(served / "faults", target_is_directory=True)
+    c = starlette_testclient.TestClient(create_app([root]))
+    assert [r["id"] for r in c.get("/api/runs").json()["runs"]] == ["root/copy"]
+    r = c.get("/api/run", params={"run": "root/link"})
+    assert r.status_code == 403 and "symlink" in r.json()["error"]
+
+
+def test_half_written_line_and_checkpoint_mid_rename_never_break_a_page(served, tmp_path):
+    root = copy_run(served, tmp_path)
+    run = root / "copy"
+    c = starlette_testclient.TestClient(create_app([root]))
+    before = len(c.get("/api/curves", params={"run": "root/copy"}).json()["series"]["train_loss"]["x"])
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write('{"kind": "train", "step": 31, "tokens": 3968, "loss": 2.5, "lr"')  # cut mid-line
+    (run / "checkpoints" / ".tmp-step_00000031").mkdir()  # a checkpoint being written
+    (run / "checkpoints" / "step_00000032").mkdir()  # renamed, trainer.json not there: not complete
+    for url in ("/api/runs", "/api/run?run=root/copy", "/api/curves?run=root/copy"):
+        assert c.get(url).status_code == 200, url
+    assert len(c.get("/api/curves", params={"run": "root/copy"}).json()["series"]["train_loss"]["x"]) == before
+    assert c.get("/api/run", params={"run": "root/copy"}).json()["checkpoints"] == [20, 30]
+    with (run / "metrics.jsonl").open("a") as fh:  # the writer finishes the line: the next poll shows it
+        fh.write(': 0.001, "grad_norm": 1.0, "tokens_per_s": 1.0, "mfu": null, "elapsed_s": 9.0}\n')
+    series = c.get("/api/curves", params={"run": "root/copy"}).json()["series"]["train_loss"]
+    assert series["x"][-1] == 31 and series["y"][-1] == 2.5
+
+
+def test_corrupt_and_foreign_directories_are_one_line_messages(served, tmp_path):
+    root = copy_run(served, tmp_path)
+    (root / "copy" / "config.toml").write_text("this is [not toml")
+    foreign = root / "foreign"
+    foreign.mkdir()
+    (foreign / "metrics.jsonl").write_bytes(b"\x00\xff garbage\nnot json either\n")
+    c = starlette_testclient.TestClient(create_app([root]))
+    runs = {r["id"]: r for r in c.get("/api/runs").json()["runs"]}
+    assert runs["root/copy"]["state"] == "unreadable" and "\n" not in runs["root/copy"]["error"]
+    assert runs["root/foreign"]["state"] == "unreadable"
+    for rid in ("root/copy", "root/foreign"):
+        r = c.get("/api/run", params={"run": rid})
+        assert r.status_code in (400, 404) and r.json()["error"]
+
+
+# ---- state from the files ----
+
+def _rows(last_step: int, final_eval: int | None = None) -> list[dict]:
+    rows = [{"kind": "train", "step": s, "loss": 1.0} for s in range(1, last_step + 1)]
+    if final_eval:
+        rows.append({"kind": "eval", "step": final_eval, "split": "val", "loss": 1.0})
+    return rows
+
+
+def test_run_state_from_files(served, tmp_path):
+    run = Run(copy_run(served, tmp_path) / "copy")
+    old = time.time() - 3600
+    assert run_state(run, _rows(30, 30), 30, [20, 30], old)[0] == "finished"
+    assert run_state(run, _rows(17), 30, [10, 17], old)[0] == "interrupted"
+    state, why = run_state(run, _rows(17), 30, [10], old)
+    assert state == "crashed" and "repeats 7 steps" in why
+    assert run_state(run, _rows(17), 30, [10], time.time())[0] == "running"  # no lock: recent writes
+    assert run_state(run, [], 30, [], old)[0] == "new"
+
+
+def test_run_state_uses_the_writer_lock(served, tmp_path):
+    run = Run(copy_run(served, tmp_path) / "copy")
+    lock = run.path / ".lock"
+    lock.write_text(str(os.getpid()))
+    old = time.time() - 3600
+    with lock.open("r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # as the writer holds it
+        assert run_state(run, _rows(17), 30, [10], old)[0] == "running"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    # an unheld lock: the writer is gone, even though metrics were written a moment ago
+    assert run_state(run, _rows(17), 30, [10], time.time())[0] == "crashed"
+
+
+def test_downsample_keeps_spikes_and_bounds_points():
+    x = np.arange(100_000, dtype=float)
+    y = np.sin(x / 1000) + 2
+    y[54_321] = 50.0
+    dx, dy = downsample(x, y, 500)
+    assert len(dx) <= 1002 and dy.max() == 50.0 and dx[0] == 0 and dx[-1] == 99_999
+    assert list(dx) == sorted(dx)
+
+
+def test_curves_of_100k_lines_are_quick_and_small(tmp_path, served):
+    root = copy_run(served, tmp_path)
+    with (root / "copy" / "metrics.jsonl").open("a") as fh:
+        for s in range(31, 100_031):
+            fh.write(json.dumps({"kind": "train", "step": s, "tokens": s * 128, "loss": 2 + math.sin(s), "lr": 1e-3,
+                                 "grad_norm": 1.0, "tokens_per_s": 1e4, "mfu": None, "elapsed_s": s / 100}) + "\n")
+    c = starlette_testclient.TestClient(create_app([root]))
+    c.get("/api/curves", params={"run": "root/copy"})  # the first read parses the file once
+    t0 = time.perf_counter()
+    body = c.get("/api/curves", params={"run": "root/copy", "x": "time"}).json()
+    elapsed = time.perf_counter() - t0
+    assert len(body["series"]["train_loss"]["x"]) <= 2002
+    print(f"curves of 100k lines: {elapsed:.2f}s")
+
+
+# ---- compare ----
+
+def test_compare_diffs_configs(client):
+    body = client.get("/api/compare", params=[("run", "runs/clean"), ("run", "runs/faults")]).json()
+    assert set(body["runs"]) == {"runs/clean", "runs/faults"}
+    fields = {d["field"]: d["values"] for d in body["diff"]}
+    assert fields["stability.inject"] == {"runs/clean": "", "runs/faults": "lr@15x100,nan@20"}
+    assert "model.d_model" not in fields
+
+
+# ---- next token ----
+
+def test_next_token_logits_let_the_client_renormalize(client):
+    body = client.post("/api/next", json={"run": "runs/clean", "prompt": "def alpha", "top": 8,
+                                          "target": "_"}).json()
+    logits = np.array([t["logit"] for t in body["top"]])
+    assert len(logits) == 8 and list(logits) == sorted(logits, reverse=True)
+    lse = np.logaddexp.reduce(np.append(logits, body["lse_rest"]))
+    assert lse == pytest.approx(body["lse"], abs=1e-4)
+    hist = body["rest_hist"]
+    assert sum(hist["count"]) == body["vocab_size"] - 8
+    approx = np.logaddexp.reduce(np.log(hist["count"]) + np.array(hist["mean"]))  # the rest at T = 1, binned
+    assert approx == pytest.approx(body["lse_rest"], abs=0.1)
+    assert "".join(t["text"] for t in body["prompt_tokens"]) == "def alpha"
+    t = body["target"]
+    assert t["text"] == "_" and t["neg_log_p"] == pytest.approx(body["lse"] - t["logit"], abs=1e-4)
+    # the same as `nextoken next` at temperature 1
+    from nextoken.api import next_token
+
+    ref = next_token(Run(Path(client.app.state.serve.roots.roots["runs"]) / "clean"), "def alpha", top=8)
+    assert [r["id"] for r in ref["top"]] == [r["id"] for r in body["top"]]
+    assert ref["entropy_nats"] == pytest.approx(body["entropy_nats"], abs=1e-4)
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"prompt": "x"}, 400), ({"run": "runs/clean", "top": 0}, 400), ({"run": "runs/clean", "top": "many"}, 400),
+    ({"run": "runs/clean", "step": 7}, 400), ({"run": "runs/../x"}, 403), ({"run": "runs/nope"}, 404),
+    ({"run": "runs/clean", "prompt": 5}, 400),
+])
+def test_next_token_bad_inputs(client, body, status):
+    r = client.post("/api/next", json=body)
+    assert r.status_code == status, r.text
+    assert "\n" not in r.json()["error"]
+
+
+def test_non_json_body_is_a_400(client):
+    r = client.post("/api/next", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+
+
+def test_models_are_loaded_once_and_shared_by_concurrent_requests(served):
+    c = starlette_testclient.TestClient(create_app([served]))
+    results = []
+
+    def ask(i):
+        results.append(c.post("/api/next", json={"run": "runs/faults", "prompt": f"for x{i}", "top": 3}).status_code)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 8
+    assert c.app.state.serve.models.loads == 1
+    assert c.post("/api/next", json={"run": "runs/faults", "step": 20}).status_code == 200
+    assert c.app.state.serve.models.loads == 2
+
+
+# ---- surprise and sample ----
+
+def test_surprise_of_a_text_and_of_a_val_document(client):
+    text = "def alpha(beta):\n    return beta\n"
+    body = client.post("/api/surprise", json={"run": "runs/clean", "text": text}).json()
+    assert body["n_tokens"] == len(body["tokens"]) == body["n_bytes"]  # byte-level tokenizer
+    losses = [t["loss"] for t in body["tokens"]]
+    assert body["loss"] == pytest.approx(sum(losses) / len(losses))
+    assert body["bits_per_byte"] == pytest.approx(sum(losses) / (body["n_bytes"] * math.log(2)))
+    assert len(body["tokens"][0]["alternatives"]) == 5
+    docs = client.get("/api/docs", params={"run": "runs/clean"}).json()["documents"]
+    assert docs and docs[0]["index"] == 0
+    doc = client.post("/api/surprise", json={"run": "runs/clean", "doc": 0}).json()
+    assert doc["n_tokens"] == min(docs[0]["chars"], 2048)  # long documents: windows of half a context
+
+
+@pytest.mark.parametrize("body", [{"run": "runs/clean"}, {"run": "runs/clean", "text": "a", "doc": 0},
+                                  {"run": "runs/clean", "doc": 99999}, {"run": "runs/clean", "text": ""}])
+def test_surprise_bad_inputs(client, body):
+    r = client.post("/api/surprise", json=body)
+    assert r.status_code == 400 and r.json()["error"]
+
+
+def test_sample_streams_and_repeats_with_a_seed(client):
+    def run():
+        r = client.post("/api/sample", json={"run": "runs/clean", "prompt": "def", "max_new_tokens": 12, "seed": 3})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(x) for x in r.text.splitlines()]
+        assert lines[0]["seed"] == 3 and lines[-1] == {"done": True}
+        return "".join(x.get("text", "") for x in lines)
+
+    first = run()
+    assert len(first) == 12 and run() == first
+
+
+@pytest.mark.parametrize("body", [{"run": "runs/clean", "temperature": -1}, {"run": "runs/clean", "top_p": 2},
+                                  {"run": "runs/clean", "max_new_tokens": 0},
+                                  {"run": "runs/clean", "max_new_tokens": 10**6}])
+def test_sample_bad_inputs(client, body):
+    r = client.post("/api/sample", json=body)
+    assert r.status_code == 400 and r.json()["error"]
+
+
+# ---- pages, hosts, ports ----
+
+@pytest.mark.parametrize("path", ["/", "/run", "/compare", "/next", "/surprise", "/sample", "/scaling"])
+def test_pages_and_static_files_are_served(client, path):
+    r = client.get(path)
+    assert r.status_code == 200 and "/static/app.js" in r.text
+    for asset in ("/static/app.js", "/static/chart.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_static_files_cannot_leave_their_folder(client):
+    assert client.get("/static/../runs.py").status_code == 404
+    assert client.get("/static/%2e%2e/runs.py").status_code == 404
+
+
+def test_host_header_is_checked_on_loopback(served):
+    c = starlette_testclient.TestClient(create_app([served], allowed_hosts=["127.0.0.1", "localhost"]),
+                                        base_url="http://127.0.0.1")
+    assert c.get("/api/runs").status_code == 200
+    assert c.get("/api/runs", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_port_in_use_is_one_line():
+    sock = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(NextokenError, match="in use.*--port"):
+            bind("127.0.0.1", sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+def test_cli_refuses_a_missing_directory(capsys, tmp_path):
+    from nextoken.cli import main
+
+    assert main(["serve", str(tmp_path / "nowhere")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+# ---- scaling ----
+
+def make_sweep(folder: Path) -> Path:
+    """A sweep directory as `nextoken sweep` leaves it: sweep.json and finished runs on two budgets' IsoFLOP
+    profiles, with losses from a known law (E 1.7, A 400, B 400, alpha 0.34, beta 0.28)."""
+    from nextoken.config import Config
+
+    base = Config()
+    runs = {}
+    for budget in (1e13, 1e14, 1e15):
+        for n in np.geomspace(2e4, 2e6, 6):
+            tokens = budget / (6 * n)
+            name = f"c{budget:.0e}-n{int(n)}"
+            runs[name] = {"name": name, "budget": budget, "n_layer": 2, "n_head": 2, "d_model": 64,
+                          "params": int(n), "params_total": int(n), "max_steps": 10, "tokens": int(tokens),
+                          "flops": budget, "seed": 0}
+            loss = 1.7 + 400 / n**0.34 + 400 / tokens**0.28
+            d = folder / name
+            d.mkdir(parents=True)
+            (d / "config.toml").write_text(base.to_toml())
+            (d / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 10, "split": "val", "loss": loss,
+                                                         "bits_per_byte": loss / math.log(2)}) + "\n")
+    (folder / "sweep.json").write_text(json.dumps({"version": 1, "base": base.to_dict(), "runs": runs}))
+    return folder
+
+
+def test_sweep_profiles_and_fit_computed_without_writing(tmp_path):
+    root = tmp_path / "root"
+    sweep = make_sweep(root / "sw")
+    before = sorted(p.name for p in sweep.iterdir())
+    c = starlette_testclient.TestClient(create_app([root]))
+    listing = c.get("/api/runs").json()
+    assert [s["id"] for s in listing["sweeps"]] == ["root/sw"] and len(listing["runs"]) == 18
+    body = c.get("/api/sweep", params={"sweep": "root/sw"}).json()
+    assert body["runs_finished"] == 18 and len(body["profiles"]) == 3
+    assert body["fit_source"].startswith("computed") and not body["has_fit_json"]
+    assert body["fit"]["alpha"] == pytest.approx(0.34, abs=0.05)
+    assert sorted(p.name for p in sweep.iterdir()) == before  # read-only: no fit.json written
+    assert c.get("/api/sweep", params={"sweep": "root/sw/.."}).status_code == 403
+    assert c.get("/api/sweep", params={"sweep": "root/sw/c1e+13-n20000"}).status_code == 400  # not a sweep
+    r = c.get("/api/plan", params={"sweep": "root/sw", "flops": 1e16})
+    assert r.status_code == 400 and "fit.json" in r.json()["error"]
+
+
+def test_plan_calculator(client):
+    body = client.get("/api/plan", params={"flops": 5.76e23, "law": "chinchilla"}).json()
+    from nextoken.api import plan
+
+    ref = plan(flops=5.76e23)
+    assert body["params"] == pytest.approx(ref["params"]) and body["loss"] == pytest.approx(ref["loss"])
+    assert client.get("/api/plan", params={"params": 7e9, "tokens_per_s": 1e6}).json()["time_s"] > 0
+    assert client.get("/api/laws").json()["laws"][0] == "chinchilla"
+
+
+@pytest.mark.parametrize("query", [{}, {"flops": "lots"}, {"flops": -1}, {"flops": 1e21, "law": "moore"},
+                                   {"flops": "inf"}, {"flops": 1e21, "sweep": "runs/../x"}])
+def test_plan_bad_inputs(client, query):
+    r = client.get("/api/plan", params=query)
+    assert r.status_code in (400, 403) and r.json()["error"]
+
+
+def test_sweep_with_its_fit_json_and_plan_from_it(tmp_path):
+    from nextoken.api import fit
+
+    root = tmp_path / "root"
+    sweep = make_sweep(root / "sw")
+    fit(sweep, bootstrap=4)
+    c = starlette_testclient.TestClient(create_app([root]))
+    body = c.get("/api/sweep", params={"sweep": "root/sw"}).json()
+    assert body["fit_source"] == "fit.json" and body["fit"]["ci90"]["alpha"][0] <= body["fit"]["alpha"]
+    r = c.get("/api/plan", params={"sweep": "root/sw", "flops": 1e16})
+    assert r.status_code == 200, r.text
+    assert r.json()["law"] != "chinchilla" and r.json()["params"] > 0
+
+
+def test_a_run_being_trained_shows_live(tmp_path, bytes_data):
+    """While `train` writes a run, the API sees it running and its curve growing; then finished."""
+    from nextoken.api import train
+
+    root = tmp_path / "root"
+    root.mkdir()
+    c = starlette_testclient.TestClient(create_app([root]))
+    cfg = tiny_config(bytes_data, train__max_steps=150, train__eval_every=50, train__ckpt_every=50)
+    thread = threading.Thread(target=train, args=(cfg, root / "live"), kwargs={"quiet": True})
+    thread.start()
+    seen: list[tuple[str, int]] = []
+    while thread.is_alive():
+        r = c.get("/api/curves", params={"run": "root/live"})
+        if r.status_code == 200 and "train_loss" in r.json()["series"]:
+            state = c.get("/api/run", params={"run": "root/live"}).json()["state"]
+            seen.append((state, len(r.json()["series"]["train_loss"]["x"])))
+        time.sleep(0.02)
+    thread.join()
+    running = [n for s, n in seen if s == "running"]
+    assert len(set(running)) >= 2, seen  # seen running at two different lengths at least
+    assert c.get("/api/run", params={"run": "root/live"}).json()["state"] == "finished"

@@ -1,0 +1,164 @@
+"""`nextoken serve` in a real browser: Debian's Chromium, headless, driven by Playwright (the system browser,
+not Playwright's own download). It opens the runs page of a tiny run trained here, sees its curves drawn,
+opens the next-token page, types a prompt, drags the temperature slider and sees the bars change, and checks
+that no request left the server's origin. Screenshots go to $NEXTOKEN_SCREENSHOTS (default: the test's tmp).
+
+Skipped where Chromium or Playwright is missing, except under .ci/run (NEXTOKEN_REQUIRE_BROWSER=1), which
+installs both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _need_browser():
+    required = os.environ.get("NEXTOKEN_REQUIRE_BROWSER") == "1"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    if CHROMIUM is None:
+        if required:
+            pytest.fail("chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, bytes_data):
+    _need_browser()
+    from nextoken.api import train
+    from nextoken.serve import make_server
+
+    root = tmp_path_factory.mktemp("browser") / "runs"
+    train(tiny_config(bytes_data, train__max_steps=40, stability__inject="lr@25x100"), root / "tiny", quiet=True)
+    train(tiny_config(bytes_data, train__max_steps=40, train__label_smoothing=0.3), root / "smoothed", quiet=True)
+    srv, sock, url = make_server([root], "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield url
+    srv.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = Path(os.environ.get("NEXTOKEN_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_runs_curves_and_next_token_in_chromium(server, shots, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(60_000)  # a busy 2-core machine
+            page.on("request", lambda r: requests.append(r.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            # the runs page lists the run; its page draws the curves
+            page.goto(server + "/")
+            page.locator('tr[data-run="runs/tiny"]').wait_for()
+            assert "finished" in page.locator('tr[data-run="runs/tiny"]').inner_text()
+            page.screenshot(path=str(shots / "serve-runs.png"))
+            page.click('tr[data-run="runs/tiny"] a')
+            page.wait_for_url("**/run?run=runs%2Ftiny")
+            loss = page.locator('[data-chart="train_loss"] path.series').first
+            loss.wait_for()
+            assert len(loss.get_attribute("d")) > 100  # 40 steps drawn
+            assert page.locator('[data-chart="train_loss"] .event-dot').count() >= 1  # checkpoints, incidents
+            page.click('#xaxis button[data-v="tokens"]')
+            expect(page.locator('#xaxis button[data-v="tokens"]')).to_have_class("on")
+            expect(page.locator('[data-chart="train_loss"] .axis text').last).to_have_text("tokens")
+            page.screenshot(path=str(shots / "serve-run.png"), full_page=True)
+
+            # next token: type a prompt, drag the temperature, mark the true token
+            page.goto(server + "/next?run=runs%2Ftiny")
+            page.locator("#prompt").fill("for alpha in be")
+            expect(page.locator("#prompt-tokens")).to_contain_text("for\u2423alpha\u2423in\u2423be")  # ␣: a space
+            page.locator("#bars .bar[data-id]").first.wait_for()
+            page.locator("#target").fill("t")
+            page.locator("#bars .bar.truth").wait_for()
+            before = page.locator("#bars .bar[data-id] .p").all_inner_texts()
+            entropy_before = page.locator("#entropy b").inner_text()
+            loss_before = page.locator("#loss b").inner_text()
+            box = page.locator("#temp").bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.73, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.30, box["y"] + box["height"] / 2, steps=8)
+            page.mouse.up()
+            assert float(page.locator("#temp-value").inner_text()) < 0.8
+            after = page.locator("#bars .bar[data-id] .p").all_inner_texts()
+            assert after != before and float(after[0]) > float(before[0])  # colder: the top token gains
+            assert page.locator("#entropy b").inner_text() != entropy_before
+            assert page.locator("#loss b").inner_text() == loss_before  # the loss at T = 1 stays put
+            page.screenshot(path=str(shots / "serve-next.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    off = [u for u in requests if not u.startswith(server) and not u.startswith("data:")]
+    assert requests and not off, off
+
+
+def test_surprise_sample_and_compare_pages(server, shots):
+    from playwright.sync_api import expect, sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(60_000)
+            page.on("request", lambda r: requests.append(r.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            page.goto(server + "/surprise?run=runs%2Ftiny")
+            page.locator(".text-surprise span[data-loss]").first.wait_for()
+            assert float(page.locator("#s-bpb b").inner_text()) > 0
+            pasted = page.locator("#s-n b").inner_text()
+            page.locator("#doc option").nth(1).wait_for(state="attached")
+            page.select_option("#doc", index=1)
+            expect(page.locator("#s-n b")).not_to_have_text(pasted)  # the val document replaced the pasted text
+            page.locator(".text-surprise span[data-loss]").nth(5).hover()
+            expect(page.locator("#tip")).to_contain_text("expected")
+            page.screenshot(path=str(shots / "serve-surprise.png"), full_page=True)
+
+            page.goto(server + "/sample?run=runs%2Ftiny")
+            page.fill("#seed", "7")
+            page.fill("#ntok", "60")
+            page.click("#generate")
+            expect(page.locator("#sample-meta")).to_contain_text("pieces")
+            assert len(page.locator("#sample-out").inner_text()) >= 60
+
+            page.goto(server + "/compare?run=runs%2Fsmoothed&run=runs%2Ftiny")
+            page.locator('[data-chart="train_loss"] path.series').nth(1).wait_for()
+            expect(page.locator("#diff")).to_contain_text("train.label_smoothing")
+            page.screenshot(path=str(shots / "serve-compare.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    off = [u for u in requests if not u.startswith(server) and not u.startswith("data:")]
+    assert requests and not off, off
