@@ -75,4 +75,29 @@ def tiny_config(data: Path, **overrides) -> Config:
     return cfg
 
 
+def children_of(pid: int) -> list[int]:
+    """The pids of the processes whose parent is `pid` (Linux /proc): torchrun's workers."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def rank_of(pid: int) -> int | None:
+    """The RANK torchrun gave process `pid`, or None."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")

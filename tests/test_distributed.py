@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import children_of, rank_of, tiny_config
 
 from nextoken.config import TrainConfig
 from nextoken.errors import ConfigError, NextokenError
@@ -128,29 +128,6 @@ def _assert_mfu_is_per_device(run: Path, world: int) -> None:
         assert r["mfu"] == pytest.approx(expect, rel=1e-9)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _rank_of(pid: int) -> int | None:
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for item in env:
-        if item.startswith(b"RANK="):
-            return int(item[5:])
-    return None
-
-
 def test_ddp_two_processes_match_one_and_a_killed_rank_stops_the_job(bytes_data, tmp_path):
     # 4 sequences per micro-batch, 2 micro-batches: one process accumulates 2, each of 2 ranks does 1.
     cfg = _config(bytes_data, train__batch_size=4, train__grad_accum=2, train__max_steps=100_000, train__ckpt_every=5)
@@ -166,7 +143,7 @@ def test_ddp_two_processes_match_one_and_a_killed_rank_stops_the_job(bytes_data,
         while time.time() < deadline and proc.poll() is None and not (run / "checkpoints" / "latest").is_file():
             time.sleep(0.2)
         assert (run / "checkpoints" / "latest").is_file(), "the job never wrote a checkpoint"
-        victims = [p for p in _children(proc.pid) if _rank_of(p) == 1]
+        victims = [p for p in children_of(proc.pid) if rank_of(p) == 1]
         assert victims, "rank 1 not found"
         os.kill(victims[0], signal.SIGKILL)
         _, stderr = proc.communicate(timeout=90)
