@@ -1,7 +1,9 @@
 """A run directory as an object: its resolved config, tokenizer, metrics, checkpoints, and a model loaded at
 any checkpoint on any device (the run directory contract; docs/ARCHITECTURE.md). `eval`, `sample`, `next`, `plot`,
-`sweep` and `fit` read runs through it; `train` creates them with `create_run_dir`.
+`sweep` and `fit` read runs through it; `train` takes its one writer's lock (`lock_run_dir`) and creates it
+with `create_run_dir`.
 
+    RUN/.lock              the writer's lock (an flock, dropped by the kernel when the writer ends) and its pid
     RUN/config.toml        the fully resolved config
     RUN/tokenizer.json     the tokenizer the run was trained with
     RUN/metrics.jsonl      train, eval and event lines (the source of truth)
@@ -10,9 +12,12 @@ any checkpoint on any device (the run directory contract; docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -40,15 +45,20 @@ def check_resumable(run_dir: str | Path) -> None:
                             "or run without --resume")
 
 
+def check_target(run_dir: str | Path, resume: bool) -> None:
+    """Raises NextokenError when `train` may not write RUN: `resume` without a run there, or a run there
+    without `resume` (never overwritten)."""
+    if resume:
+        check_resumable(run_dir)
+    elif holds_run(run_dir):
+        raise NextokenError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+
+
 def create_run_dir(run_dir: Path, cfg: Config, data_dir: Path, resume: bool) -> None:
     """Create RUN (or check it for --resume) and write its resolved config and tokenizer.
     A directory holding another run is refused, never overwritten (NextokenError)."""
     run_dir = Path(run_dir)
-    if holds_run(run_dir) and not resume:
-        raise NextokenError(f"{run_dir} already holds a run; pass --resume to continue it, or choose "
-                            "another --out")
-    if resume:
-        check_resumable(run_dir)
+    check_target(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.toml", cfg.to_toml())
     tok = run_dir / "tokenizer.json"
@@ -56,6 +66,118 @@ def create_run_dir(run_dir: Path, cfg: Config, data_dir: Path, resume: bool) -> 
         tmp = tok.with_name(f".{tok.name}.tmp-{os.getpid()}")
         shutil.copyfile(Path(data_dir) / "tokenizer.json", tmp)
         os.replace(tmp, tok)
+
+
+# ---- one writer per run directory ----
+
+LOCK_FILE = ".lock"
+
+
+class RunLocked(NextokenError):
+    """Another process is writing the run directory."""
+
+
+class RunLock:
+    """RUN's writer lock: an exclusive flock on RUN/.lock, held while its descriptor is open. `release()` frees
+    it, and so does the end of the process, however it ends (SIGKILL too): the kernel drops a flock with the
+    last descriptor of its open file, so a dead writer leaves nothing stale; the file itself means nothing."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_run_dir(run_dir: str | Path, resume: bool = False) -> RunLock:
+    """Become RUN's one writer, before anything in it is read for a resume or written: creates RUN and takes its
+    lock. Raises RunLocked, in one line naming the holder's pid and host, while another process holds it, and
+    NextokenError as `check_target` does; a refused call writes nothing. Readers never lock (`Run.writer()`
+    asks who writes)."""
+    run_dir = Path(run_dir)
+    if not resume and holds_run(run_dir) and (holder := lock_holder(run_dir)):
+        raise _locked(run_dir, holder)  # the better reason to give than "already holds a run"
+    check_target(run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            try:  # granted: no writer, only readers probing (`lock_holder`) for an instant; try again
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                writer = time.monotonic() > deadline
+            except BlockingIOError:
+                writer = True
+            if writer:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise _locked(run_dir, holder) from None
+            time.sleep(0.01)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode(), 0)
+    return RunLock(run_dir / LOCK_FILE, fd)
+
+
+def lock_holder(run_dir: str | Path) -> dict | None:
+    """The process writing RUN now, {"pid": ..., "host": ...}, or None (no writer: finished, crashed or killed).
+    It probes with a non-blocking shared flock, for an instant, and never blocks a writer (they retry)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file: no writer since locks came in
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> dict:
+    # The holder writes its pid just after taking the lock: a reader that comes in between finds the file
+    # empty, or naming the previous (dead) writer, and reads again.
+    holder: dict = {"pid": None, "host": None}
+    for _ in range(25):
+        try:
+            read = json.loads(os.pread(fd, 4096, 0) or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            read = None
+        if isinstance(read, dict):
+            holder = read
+            if read.get("host") != socket.gethostname() or _alive(read.get("pid")):
+                break
+        time.sleep(0.02)
+    return holder
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _locked(run_dir: Path, holder: dict) -> RunLocked:
+    who = f"pid {holder['pid']} on {holder['host']}" if holder.get("pid") else "a process that did not say its pid"
+    return RunLocked(f"{run_dir} is being written by another training ({who}); one writer per run: wait for it "
+                     "to end, or stop it (Ctrl-C saves a checkpoint), then --resume")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -125,6 +247,12 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+    def writer(self) -> int | None:
+        """The pid of the training writing this run now, or None: a run without one has finished, crashed or
+        been killed (its lock went with it). Reads only; a reader never takes the lock."""
+        holder = lock_holder(self.path)
+        return holder["pid"] if holder else None
 
     @property
     def name(self) -> str:

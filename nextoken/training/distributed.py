@@ -54,6 +54,16 @@ class Dist:
             value /= self.world
         return value
 
+    def raise_together(self, err: NextokenError | None) -> None:
+        """Raise on every rank the error rank 0 met (None: none), so that no rank is left waiting for it."""
+        if self.enabled:
+            message = [str(err) if err is not None else None]
+            dist.broadcast_object_list(message, src=0)
+            if err is None and message[0] is not None:
+                err = NextokenError(message[0])
+        if err is not None:
+            raise err
+
     def peer_failure(self, err: BaseException) -> NextokenError | None:
         """The user-facing error for a collective that failed because another rank died, else None."""
         if not self.enabled or not isinstance(err, RuntimeError):

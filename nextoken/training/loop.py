@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,11 @@ from nextoken.data.prefetch import DeviceBatches
 from nextoken.data.prepare import read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
 from nextoken.device import Runtime, make_runtime
-from nextoken.errors import CheckpointError, ConfigError
+from nextoken.errors import CheckpointError, ConfigError, NextokenError
 from nextoken.eval.evaluate import evaluate
 from nextoken.hardware import mfu, peak_flops
 from nextoken.model import GPT, param_counts, training_flops_per_token
-from nextoken.run import check_resumable, create_run_dir
+from nextoken.run import check_resumable, create_run_dir, lock_run_dir
 from nextoken.training import distributed, init_from
 from nextoken.training.autocompile import choose_compile
 from nextoken.training.faults import Faults
@@ -41,8 +42,13 @@ class TrainState:
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train per `cfg` into `run_dir`; returns the final eval figures and where things are."""
-    run_dir, data_dir = Path(run_dir), Path(cfg.data.path)
     d = distributed.init_distributed(cfg.train)  # rank and world size from torchrun; one process without
+    with _writer_lock(Path(run_dir), resume, d):  # one writer per run directory, before anything there is read
+        return _train(cfg, Path(run_dir), resume, quiet, d)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed.Dist) -> dict:
+    data_dir = Path(cfg.data.path)
     rt = make_runtime(cfg.train, distributed.rank_device(d, cfg.train.device))
     t, m = cfg.train, cfg.model
 
@@ -182,6 +188,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     return {**result, "step": state.step, "tokens": state.tokens, "run": str(run_dir),
             "checkpoint": str(last_ckpt), "elapsed_s": state.elapsed_s, "rank": d.rank,
             "model": distributed.full_model(model, d, lambda: GPT(m))}  # FSDP2: gathered on rank 0
+
+
+def _writer_lock(run_dir: Path, resume: bool, d: distributed.Dist) -> contextlib.AbstractContextManager:
+    """Rank 0, which writes the run directory, takes its lock (run.py); every rank learns the outcome, so that a
+    refused job stops on all of them with rank 0's one line rather than waiting for it in a collective."""
+    lock, error = None, None
+    if d.is_main:
+        try:
+            lock = lock_run_dir(run_dir, resume)
+        except NextokenError as e:
+            error = e
+    d.raise_together(error)
+    return lock or contextlib.nullcontext()
 
 
 def _forward_backward(model, step_fn, batches: DeviceBatches, data_step: int, cfg: Config, rt: Runtime,
