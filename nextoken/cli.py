@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         _err(f"error: {e}")
+        if (distributed := sys.modules.get("nextoken.training.distributed")) is not None and distributed.live():
+            distributed.exit_process(e.exit_code)  # a rank of a stopped job: no teardown of a group mid-job
         return e.exit_code
     except KeyboardInterrupt:
         _err("interrupted")

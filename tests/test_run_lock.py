@@ -1,10 +1,12 @@
 """One writer per run directory (issue 15, fault 8): a second training into a run that is being written is
-refused before it touches anything, and a writer that died leaves no stale lock."""
+refused before it touches anything, a writer that died leaves no stale lock, and torchrun workers whose
+agent died (or one of which got Ctrl-C) stop together at a step boundary with a checkpoint saved."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import children_of, rank_of, tiny_config
 
 from nextoken import checkpoint as ckpt
 from nextoken.errors import NextokenError
@@ -37,6 +39,11 @@ def _train_cmd(toml: Path, run: Path, *flags: str) -> list[str]:
     return [sys.executable, "-m", "nextoken", "train", "--config", str(toml), "--out", str(run), *flags]
 
 
+def _torchrun_cmd(toml: Path, run: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "nextoken", "train", "--config", str(toml), "--out", str(run)]
+
+
 def _steps(run: Path) -> list[int]:
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -56,6 +63,19 @@ def _wait(cond, proc: subprocess.Popen, what: str, timeout: float = 120) -> None
         assert proc.poll() is None, f"the process ended ({proc.returncode}) before {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:  # an orphan's zombie lingers when the reaper it was given does not reap
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _files(run: Path) -> dict[str, tuple[int, int]]:
@@ -136,3 +156,57 @@ def test_a_killed_writer_leaves_no_stale_lock(bytes_data, tmp_path):
     saved = _saved_step(run)
     cfg.train.max_steps = saved + 3
     assert train(cfg, run, resume=True, quiet=True)["step"] == saved + 3
+
+
+# ---- torchrun ----
+
+def test_workers_whose_torchrun_agent_was_killed_stop_and_save(bytes_data, tmp_path):
+    cfg = _config(bytes_data, train__ckpt_every=0)  # the only checkpoint is the one the stop saves
+    run, toml = tmp_path / "run", _toml(cfg, tmp_path / "run.toml")
+    agent = subprocess.Popen(_torchrun_cmd(toml, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=ENV)
+    workers = []
+    try:
+        _wait(lambda: len(_steps(run)) >= 3, agent, "training")
+        workers = children_of(agent.pid)
+        assert sorted(rank_of(p) for p in workers) == [0, 1]
+        os.kill(agent.pid, signal.SIGKILL)  # its workers live in sessions of their own: they train on
+        killed = time.monotonic()
+        agent.wait()
+        at_kill = max(_steps(run))
+        deadline = killed + 60
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, workers)), "the workers trained on after their agent died"
+        stopped_in = time.monotonic() - killed
+        _, stderr = agent.communicate(timeout=30)  # the workers held its pipes; they are closed now
+    finally:
+        _kill(workers)
+    saved = _saved_step(run)
+    assert saved == max(_steps(run)) >= at_kill, (saved, at_kill)  # a step boundary, with its checkpoint
+    assert stderr.count("torchrun's agent died") == 2, stderr[-3000:]
+    print(f"workers stopped {stopped_in:.2f}s after the agent's death, at step {saved} (step {at_kill} at the kill)")
+    cfg.train.max_steps = saved + 2
+    assert train(cfg, run, resume=True, quiet=True)["step"] == saved + 2
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(bytes_data, tmp_path):
+    # Each rank decides at its own step boundary; deciding alone, rank 1 would save while rank 0 waits in the
+    # step's gradient all-reduce. They agree (a collective) and save the same step together.
+    cfg = _config(bytes_data, train__ckpt_every=0)
+    run, toml = tmp_path / "run", _toml(cfg, tmp_path / "run.toml")
+    agent = subprocess.Popen(_torchrun_cmd(toml, run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=ENV)
+    workers = []
+    try:
+        _wait(lambda: len(_steps(run)) >= 3, agent, "training")
+        workers = children_of(agent.pid)
+        os.kill(next(p for p in workers if rank_of(p) == 1), signal.SIGINT)
+        _, stderr = agent.communicate(timeout=90)
+    finally:
+        agent.kill()
+        _kill(workers)
+    assert agent.returncode != 0
+    stops = re.findall(r"interrupted at step (\d+)", stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]
+    assert _saved_step(run) == int(stops[0]) == max(_steps(run))

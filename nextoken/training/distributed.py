@@ -24,6 +24,7 @@ from nextoken.config import TrainConfig
 from nextoken.errors import ConfigError, NextokenError
 
 RESUME_HINT = "continue from the last complete checkpoint with the same command plus --resume"
+STOP_REASONS = (None, "interrupted", "torchrun's agent died: stopped")  # by precedence: the ranks agree on the max
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     parallel: str = "ddp"  # ddp | fsdp: how the model is wrapped, and the checkpoint format
+    launcher: int | None = None  # pid of torchrun's agent, this worker's parent; None outside torchrun
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +66,23 @@ class Dist:
         if err is not None:
             raise err
 
+    def launcher_died(self) -> bool:
+        """torchrun's agent is gone (SIGKILL, the OOM killer): this worker, started by it in a session of its own,
+        was reparented and would train on, racing a later --resume."""
+        return self.launcher is not None and os.getppid() != self.launcher
+
+    def stop_reason(self, interrupted: bool) -> str | None:
+        """Why the job stops at this step boundary, the same on every rank, or None to go on: Ctrl-C or SIGTERM on
+        any rank (`interrupted`), or torchrun's agent dead. A collective, called by every rank at each boundary:
+        a rank that stopped alone would save while the others wait in the next step's all-reduce, for ever."""
+        code = 2 if self.launcher_died() else int(interrupted)
+        if self.enabled:
+            cuda = dist.get_backend() == "nccl"
+            flag = torch.tensor([code], device=torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            code = int(flag.item())
+        return STOP_REASONS[code]
+
     def peer_failure(self, err: BaseException) -> NextokenError | None:
         """The user-facing error for a collective that failed because another rank died, else None."""
         if not self.enabled or not isinstance(err, RuntimeError):
@@ -94,15 +113,21 @@ def shutdown() -> bool:
     """Leave the job at a clean end (every rank meets at a barrier, then the group is destroyed); returns
     whether a process group was live."""
     global _STATE
-    live = _STATE is not None and _STATE.enabled and dist.is_initialized()
+    was_live = live()
     if _STATE is not None:
         _STATE.close()
     _STATE = None
-    return live
+    return was_live
+
+
+def live() -> bool:
+    """Whether this process is a rank of a job with a live process group."""
+    return _STATE is not None and _STATE.enabled and dist.is_initialized()
 
 
 def exit_process(code: int) -> None:
-    """End a process that was part of a job, after `shutdown`, without the interpreter's teardown. The
+    """End a process that was part of a job, after `shutdown` (or after an error that stopped it, where no
+    barrier can wait for ranks that may never come), without the interpreter's teardown. The
     objects that still hold the destroyed group (FSDP2's device mesh, DTensors) are freed in an arbitrary
     order at exit, and a gloo thread destroyed while joinable aborted the process with SIGABRT ("terminate
     called without an active exception") after a successful run: 1 run in 12 of test_distributed under
@@ -129,7 +154,8 @@ def init_distributed(cfg: TrainConfig) -> Dist:
         _STATE.parallel = cfg.parallel
         return _STATE
     rank, world, local_rank = world_from_env()
-    d = Dist(rank, world, local_rank, cfg.parallel)
+    d = Dist(rank, world, local_rank, cfg.parallel,
+             launcher=os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None)  # torchrun's workers
     if world > 1:
         cuda = torch.cuda.is_available() and cfg.device != "cpu"
         if cuda:

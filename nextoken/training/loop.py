@@ -133,8 +133,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     stop = GracefulStop(display.message).install()  # Ctrl-C: finish the step, save, exit
     try:
         while state.step < t.max_steps:
-            if stop.requested:  # Ctrl-C: save at this step boundary and leave
-                raise Interrupted(f"interrupted at step {state.step}; saved {save()}; continue with "
+            if why := d.stop_reason(stop.requested):  # Ctrl-C, or torchrun died: all ranks save this step, leave
+                raise Interrupted(f"{why} at step {state.step}; saved {save()}; continue with "
                                   f"nextoken train --out {run_dir} --resume")
             guard.maybe_snapshot(vars(state), model, optimizer)  # the ring of rollback snapshots
 

@@ -8,7 +8,8 @@ from nextoken.errors import NextokenError
 
 
 class Interrupted(NextokenError):
-    """Ctrl-C (or SIGTERM): a checkpoint was saved at the current step."""
+    """Ctrl-C or SIGTERM (on any rank), or the death of torchrun's agent: a checkpoint was saved at the current
+    step."""
 
     exit_code = 130
 
