@@ -12,6 +12,7 @@ with `create_run_dir`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -80,15 +81,25 @@ class RunLocked(NextokenError):
 class RunLock:
     """RUN's writer lock: an exclusive flock on RUN/.lock, held while its descriptor is open. `release()` frees
     it, and so does the end of the process, however it ends (SIGKILL too): the kernel drops a flock with the
-    last descriptor of its open file, so a dead writer leaves nothing stale; the file itself means nothing."""
+    last descriptor of its open file, so a dead writer leaves nothing stale; the file itself means nothing.
+    A writer that ends before it wrote the run (bad data, say) removes the lock file and directories it created,
+    so that a refused `train` leaves nothing behind."""
 
-    def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
+    def __init__(self, path: Path, fd: int, created: list[Path]):
+        self.path, self.fd, self.created = path, fd, created
 
     def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.fd < 0:
+            return
+        if not holds_run(self.path.parent):
+            for p in self.created:  # the lock file, then RUN and the parents it needed, deepest first
+                with contextlib.suppress(OSError):
+                    if p == self.path:
+                        p.unlink()
+                    else:
+                        p.rmdir()
+        os.close(self.fd)  # after the unlink: a writer that opened the old file sees it gone and starts again
+        self.fd = -1
 
     def __enter__(self) -> RunLock:
         return self
@@ -106,27 +117,38 @@ def lock_run_dir(run_dir: str | Path, resume: bool = False) -> RunLock:
     if not resume and holds_run(run_dir) and (holder := lock_holder(run_dir)):
         raise _locked(run_dir, holder)  # the better reason to give than "already holds a run"
     check_target(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    path = run_dir / LOCK_FILE
+    while True:
+        created = [p for p in (path, run_dir, *run_dir.parents) if not p.exists()]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _lock_exclusive(fd):
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise _locked(run_dir, holder)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # we locked a file that a writer which gave up had removed (`release`): lock the new one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode(), 0)
+    return RunLock(path, fd, created)
+
+
+def _lock_exclusive(fd: int) -> bool:
     deadline = time.monotonic() + 1.0
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
+            return True
         except BlockingIOError:
             try:  # granted: no writer, only readers probing (`lock_holder`) for an instant; try again
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                writer = time.monotonic() > deadline
             except BlockingIOError:
-                writer = True
-            if writer:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise _locked(run_dir, holder) from None
+                return False
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.01)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode(), 0)
-    return RunLock(run_dir / LOCK_FILE, fd)
 
 
 def lock_holder(run_dir: str | Path) -> dict | None:

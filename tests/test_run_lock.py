@@ -103,10 +103,15 @@ def test_the_lock_refuses_a_second_writer_and_tells_readers_who_writes(tmp_path)
     lock_run_dir(run, resume=True).release()  # released: the next writer takes it
 
 
-def test_a_refused_resume_creates_nothing(tmp_path):
+def test_a_refused_or_failed_start_leaves_nothing(bytes_data, tmp_path):
     with pytest.raises(NextokenError, match="no checkpoint to resume"):
         lock_run_dir(tmp_path / "typo", resume=True)
     assert not (tmp_path / "typo").exists()
+    lock_run_dir(tmp_path / "a" / "run").release()  # a writer that ended before it wrote the run
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(NextokenError, match="smaller than the data"):  # bad input found after the lock
+        train(_config(bytes_data, model__vocab_size=8), tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()
 
 
 # ---- two trainings, one directory ----
