@@ -176,6 +176,8 @@ def _read_holder(fd: int) -> dict:
             read = json.loads(os.pread(fd, 4096, 0) or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError):
             read = None
+        if isinstance(read, int):  # a bare pid, as other tools write lock files
+            read = {"pid": read, "host": None}
         if isinstance(read, dict):
             holder = read
             if read.get("host") != socket.gethostname() or _alive(read.get("pid")):
@@ -270,11 +272,11 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
-    def writer(self) -> int | None:
-        """The pid of the training writing this run now, or None: a run without one has finished, crashed or
-        been killed (its lock went with it). Reads only; a reader never takes the lock."""
-        holder = lock_holder(self.path)
-        return holder["pid"] if holder else None
+    def writer(self) -> dict | None:
+        """The training writing this run now, {"pid": ..., "host": ...} (pid None if it did not write one), or
+        None: a run without one has finished, crashed or been killed (its lock went with it). Reads only; a
+        reader never takes the lock."""
+        return lock_holder(self.path)
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -96,7 +97,7 @@ def test_the_lock_refuses_a_second_writer_and_tells_readers_who_writes(tmp_path)
             lock_run_dir(run)
         assert "\n" not in str(info.value)
         (run / "config.toml").write_text("")  # now it holds (part of) a run, as Run requires
-        assert Run(run).writer() == os.getpid()
+        assert Run(run).writer() == {"pid": os.getpid(), "host": socket.gethostname()}
         with pytest.raises(NextokenError, match=f"pid {os.getpid()}"):
             lock_run_dir(run, resume=True)
     assert Run(run).writer() is None
@@ -153,7 +154,7 @@ def test_a_killed_writer_leaves_no_stale_lock(bytes_data, tmp_path):
     first = subprocess.Popen(_train_cmd(toml, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
         _wait(lambda: (run / "checkpoints" / "latest").is_file(), first, "the first checkpoint")
-        assert Run(run).writer() == first.pid
+        assert Run(run).writer()["pid"] == first.pid
     finally:
         first.kill()
         first.wait()

@@ -174,12 +174,12 @@ def writer_alive(run: Run) -> bool | None:
     """Whether a process holds the run's writer lock: True, False, or None where the run has no lock (runs
     written before the lock existed). Uses `Run.writer()` where run.py has it, else RUN/.lock directly: a
     shared flock that cannot be taken means a writer holds it (opened read-only: nothing is written)."""
-    if hasattr(run, "writer"):
-        with contextlib.suppress(Exception):
-            return run.writer() is not None
     lock = run.path / ".lock"
     if not lock.is_file():
         return None
+    if hasattr(run, "writer"):
+        with contextlib.suppress(Exception):
+            return run.writer() is not None
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
