@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from nextoken.atomic import building
 from nextoken.data import sources as S
 from nextoken.data.tokenizer import (
     bytes_tokenizer,
@@ -171,11 +171,7 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
     eot = eot_id(tok)
     t_tok = time.perf_counter() - t0
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with building(out) as tmp:
         writers = {s: _ShardWriter(tmp / s, dtype, opt.shard_tokens) for s in SPLITS}
         stats = S.ReadStats()
         _encode_all(srcs, tok, writers, stats, opt, total_bytes)
@@ -207,12 +203,6 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
                        for s, w in writers.items()},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     dt = time.perf_counter() - t0
     n_tok = sum(w.tokens for w in writers.values())
     n_bytes = sum(w.bytes for w in writers.values())

@@ -13,13 +13,12 @@ Written into a temporary directory beside DIR and renamed into place, so a refus
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from nextoken.atomic import building
 from nextoken.config import ModelConfig
 from nextoken.data.tokenizer import end_of_text, eot_id
 from nextoken.interop import InteropError, require
@@ -55,11 +54,7 @@ def export(run: Run | str | Path, out: str | Path, step: int | None = None, dtyp
 
     config = {"architectures": [adapter.architecture], "model_type": adapter.model_type, **adapter.config(m),
               "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": _HF_DTYPE[target], "use_cache": True}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with building(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos})
@@ -70,12 +65,6 @@ def export(run: Run | str | Path, out: str | Path, step: int | None = None, dtyp
                   "bytes": (tmp / "model.safetensors").stat().st_size}
         if check:
             result["max_abs_diff"] = logit_difference(loaded.model, tmp, target)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 
 

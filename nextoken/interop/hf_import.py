@@ -14,8 +14,6 @@ represent, a missing or extra tensor, a wrong shape) is one line naming it, and 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from tokenizers import Tokenizer
 
 from nextoken import checkpoint as ckpt
+from nextoken.atomic import building
 from nextoken.config import Config, ModelConfig, validate
 from nextoken.data.tokenizer import EOT, end_of_text, load_tokenizer
 from nextoken.errors import ConfigError, DataError
@@ -89,11 +88,7 @@ def write_run(out: Path, model: HFModel) -> Path:
     from nextoken.model import GPT
 
     cfg = Config(model=model.config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with building(out) as tmp:
         (tmp / "config.toml").write_text(cfg.to_toml())
         model.tokenizer.save(str(tmp / "tokenizer.json"))
         event = {"kind": "event", "step": 0, "type": "import",
@@ -108,12 +103,6 @@ def write_run(out: Path, model: HFModel) -> Path:
                    "model_hash": cfg.model_hash(), "model": asdict(model.config), "stability": {},
                    "imported_from": model.source}
         path = ckpt.save(tmp, 0, gpt, torch.optim.AdamW(gpt.parameters()), trainer, keep=1)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "checkpoints" / path.name
 
 
