@@ -36,6 +36,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NEXTOKEN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and far more so on a CPU shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus"))

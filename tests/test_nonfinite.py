@@ -22,12 +22,7 @@ from nextoken.training.loop import train
 DIVERGE = "lr@5x1e6"  # a million times the LR for one step: the loss passes 709 nats, where exp() overflows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def diverged_cfg(data, **kw):

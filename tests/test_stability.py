@@ -23,14 +23,7 @@ from nextoken.training.loop import train
 from nextoken.training.signals import GracefulStop, Interrupted
 from nextoken.training.spikes import SpikeDetector
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far more so on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def rows(run, kind):
