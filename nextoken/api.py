@@ -108,9 +108,9 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
     """Held-out figures of a checkpoint (default: the newest) on `split` of `data` (default: the run's own
     prepared data); `tokens` 0 evaluates the whole split. Returns `loss` (nats per token), `ppl`,
     `bits_per_token`, `bits_per_byte`, `eval_tokens`, `eval_bytes`, `step`, `tokens` (trained) and
-    `checkpoint`. Raises DataError for data with a larger vocabulary than the model."""
+    `checkpoint`. Raises DataError for data prepared with another tokenizer than the run's."""
     from nextoken.data.loader import TokenData
-    from nextoken.data.prepare import read_manifest
+    from nextoken.data.prepare import check_tokenizer
     from nextoken.data.tokenizer import token_byte_lengths
     from nextoken.eval.evaluate import evaluate as evaluate_model
 
@@ -120,8 +120,7 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
         raise DataError(f"{loaded.run.path} names no prepared data (an imported model); pass --data DIR, prepared "
                         f"with its tokenizer: nextoken prepare SOURCE --out DIR --tokenizer {loaded.run.path}/"
                         "tokenizer.json")
-    if read_manifest(data_dir)["vocab_size"] > loaded.model.cfg.vocab_size:
-        raise DataError(f"{data_dir} has a larger vocabulary than the model; evaluate on the run's own data")
+    check_tokenizer(data_dir, loaded.tokenizer, str(loaded.run.path), f"{loaded.run.path}/tokenizer.json")
     res = evaluate_model(loaded.model, TokenData(data_dir, split), loaded.model.cfg.block_size,
                          token_byte_lengths(loaded.tokenizer), tokens, device=device)
     return {**res, "step": loaded.step, "tokens": loaded.trainer["tokens"], "checkpoint": str(loaded.checkpoint)}

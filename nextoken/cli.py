@@ -64,9 +64,12 @@ def _numbers(s: str) -> list[float]:
 def _train_epilog() -> str:
     from nextoken.config import PRESETS, field_docs
 
-    lines = ["config fields (set as --section.field VALUE; precedence: preset < --config file < flags):"]
-    for name, typ, default, help_ in field_docs():
-        lines.append(f"  --{name:<24} {typ:<5} {str(default)!s:<10} {help_}")
+    lines = ["config fields (set as --section.field VALUE; precedence: preset < --config file < flags); the values",
+             "shown are the tiny preset's, which `nextoken train` uses without --preset:"]
+    docs = field_docs("tiny")
+    width = max(len(name) for name, *_ in docs)
+    for name, typ, default, help_ in docs:
+        lines.append(f"  --{name:<{width}} {typ:<5} {str(default)!s:<10} {help_}")
     lines.append(f"\npresets: {', '.join(PRESETS)}")
     return "\n".join(lines)
 
@@ -81,6 +84,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nextoken.config import PRESETS
     from nextoken.scaling.laws import LAWS
 
     p = _Parser(prog="nextoken", description="Pretrain decoder-only transformers by next-token "
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model", formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog=_train_epilog())
     tr.add_argument("--config", help="TOML config file")
-    tr.add_argument("--preset", help="tiny (default), small, gpt2-124m")
+    tr.add_argument("--preset", help=f"{', '.join(PRESETS)} (default tiny)")
     tr.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
     tr.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -126,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="val", help="val (default) or train")
     ev.add_argument("--tokens", type=_nonnegative_int, default=0, help="tokens to evaluate (default: the whole split)")
     ev.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     ev.set_defaults(handler=cmd_eval)
 
     sa = sub.add_parser("sample", help="generate text")
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reshapes the distribution shown (default 1: the one the loss is measured on)")
     nx.add_argument("--top", type=int, default=10, help="rows shown (default 10)")
     nx.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
-    nx.add_argument("--json", action="store_true")
+    nx.add_argument("--json", action="store_true", help="print the distribution as one JSON object on stdout")
     nx.set_defaults(handler=cmd_next)
 
     pt = sub.add_parser("plot", help="loss and LR curves of a run, as PNG")

@@ -165,10 +165,13 @@ def _section_types(section: str) -> dict[str, type]:
     return get_type_hints(cls)
 
 
-def field_docs() -> list[tuple[str, str, Any, str]]:
-    """(flag name, type name, default, help) for every field, for `--help`."""
+def field_docs(preset: str | None = None) -> list[tuple[str, str, Any, str]]:
+    """(flag name, type name, default, help) for every field, for `--help`; the defaults are those of `preset`
+    where one is given (`nextoken train` without --preset uses `tiny`)."""
     out = []
     cfg = Config()
+    if preset:
+        PRESETS[preset](cfg)
     for sec in dataclasses.fields(cfg):
         obj = getattr(cfg, sec.name)
         hints = get_type_hints(type(obj))

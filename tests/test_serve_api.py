@@ -156,6 +156,9 @@ def test_run_state_from_files(served, tmp_path):
     assert state == "crashed" and "repeats 7 steps" in why
     assert run_state(run, _rows(17), 30, [10], time.time())[0] == "running"  # no lock: recent writes
     assert run_state(run, [], 30, [], old)[0] == "new"
+    imported = [{"kind": "event", "step": 0, "type": "import", "detail": {"source": "hf/x"}}]
+    assert run_state(run, imported, 30, [0], old) == ("imported",
+                                                      "imported from hf/x; train it further with --init-from")
 
 
 def test_run_state_uses_the_writer_lock(served, tmp_path):

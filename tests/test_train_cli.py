@@ -175,3 +175,12 @@ def test_sample_without_seed_is_fresh_each_call_and_its_printed_seed_repeats_it(
     assert outs[0] != outs[1] and seeds[0] != seeds[1]
     code, again, err = run_cli([*args, "--seed", seeds[1]], capsys)
     assert code == 0 and again == outs[1] and "seed" not in err
+
+
+def test_eval_on_data_of_another_tokenizer_is_refused(bpe_data, bytes_data, tmp_path, capsys):
+    # A BPE model evaluated on byte-level data read its ids as other strings and printed meaningless figures.
+    run = tmp_path / "run"
+    train(tiny_config(bpe_data, train__max_steps=2, train__ckpt_every=2, train__eval_every=0), run, quiet=True)
+    code, out, err = run_cli(["eval", run, "--data", bytes_data], capsys)
+    assert code != 0 and out == "" and err.count("\n") == 1
+    assert "prepared with another tokenizer" in err and f"--tokenizer {run}/tokenizer.json" in err

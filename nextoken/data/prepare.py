@@ -267,6 +267,15 @@ def _progress(total_bytes: int):
     return p
 
 
+def check_tokenizer(data_dir: str | Path, tokenizer: Tokenizer, owner: str, tokenizer_file: str) -> None:
+    """Raises DataError, in one line, when `data_dir` was not tokenized with `tokenizer` (the model's, named by
+    `owner`): its ids would mean other strings, and every figure computed on them nothing."""
+    manifest = read_manifest(data_dir)
+    if manifest.get("tokenizer_hash") != tokenizer_hash(tokenizer):
+        raise DataError(f"{data_dir} was prepared with another tokenizer than {owner}'s; prepare it with "
+                        f"`nextoken prepare SOURCE --out DIR --tokenizer {tokenizer_file}`")
+
+
 def read_manifest(data_dir: str | Path) -> dict:
     d = Path(data_dir)
     m = d / "manifest.json"

@@ -199,7 +199,7 @@ def writer_alive(run: Run) -> bool | None:
 
 def run_state(run: Run, rows: list[dict], max_steps: int, checkpoint_steps: list[int],
               metrics_mtime: float, now: float | None = None) -> tuple[str, str]:
-    """(state, why): `running`, `finished`, `interrupted`, `crashed` or `new`, from the files alone.
+    """(state, why): `running`, `finished`, `interrupted`, `crashed`, `imported` or `new`, from the files alone.
 
     - a live writer lock: running. Without a lock (older runs), metrics written in the last STALE_S seconds.
     - a val eval at train.max_steps: finished (the loop's last act before its final checkpoint).
@@ -222,6 +222,10 @@ def run_state(run: Run, rows: list[dict], max_steps: int, checkpoint_steps: list
     if writer is None and rows and now - metrics_mtime < STALE_S:
         return "running", f"metrics.jsonl written {now - metrics_mtime:.0f}s ago; step {last} of {max_steps}"
     if not train:
+        imported = next((r for r in rows if r.get("kind") == "event" and r.get("type") == "import"), None)
+        if imported is not None:  # `nextoken import`: a step-0 checkpoint, never trained here
+            source = (imported.get("detail") or {}).get("source", "a transformers directory")
+            return "imported", f"imported from {source}; train it further with --init-from"
         return ("crashed", "stopped before its first train step") if rows else ("new", "no metrics yet")
     if ckpt is not None and ckpt >= last:
         return "interrupted", f"stopped at step {last} of {max_steps} with a checkpoint there; --resume loses nothing"

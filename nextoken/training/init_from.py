@@ -12,7 +12,7 @@ from torch import nn
 
 from nextoken import checkpoint as ckpt
 from nextoken.config import Config, ModelConfig, validate
-from nextoken.errors import ConfigError, DataError
+from nextoken.errors import ConfigError
 from nextoken.run import Run, holds_run
 
 # Model fields a continued run may change: dropout, and the context of a RoPE model (its tables are not weights).
@@ -59,15 +59,13 @@ def apply_source(cfg: Config, overrides: list[tuple[str, str]]) -> None:
     validate(cfg)
 
 
-def check_data(src: str, data_dir: Path, manifest: dict) -> None:
+def check_data(src: str, data_dir: Path) -> None:
     """Raises DataError, in one line, when `data_dir` was not tokenized with SRC's tokenizer."""
-    from nextoken.data.tokenizer import tokenizer_hash
+    from nextoken.data.prepare import check_tokenizer
 
     _, tok = source_model(src)
-    if manifest.get("tokenizer_hash") != tokenizer_hash(tok):
-        tok_file = f"{src}/tokenizer.json" if _is_run(Path(src)) else "RUN/tokenizer.json of `nextoken import`"
-        raise DataError(f"{data_dir} was prepared with another tokenizer than {src}'s; prepare it with "
-                        f"`nextoken prepare SOURCE --out DIR --tokenizer {tok_file}`")
+    tok_file = f"{src}/tokenizer.json" if _is_run(Path(src)) else "RUN/tokenizer.json of `nextoken import`"
+    check_tokenizer(data_dir, tok, src, tok_file)
 
 
 def load_weights(src: str, model: nn.Module) -> None:

@@ -55,7 +55,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     # ---- data, model, optimizer ----
     manifest = read_manifest(data_dir)
     if t.init_from and not resume:  # the source's weights only mean something on its own token ids
-        init_from.check_data(t.init_from, data_dir, manifest)
+        init_from.check_data(t.init_from, data_dir)
     m.vocab_size = m.vocab_size or manifest["vocab_size"]
     if m.vocab_size < manifest["vocab_size"]:
         raise ConfigError(f"model.vocab_size {m.vocab_size} is smaller than the data's vocabulary "
