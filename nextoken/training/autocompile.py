@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from nextoken.hardware import device_name
 
 PAYBACK_RUNS = 10  # measure only when the run's eager time is at least this many expected compile times
 COMPILE_S_PRIOR = {"cpu": 30.0, "cuda": 60.0}  # expected first-compile time before any was measured here
@@ -57,22 +58,9 @@ def machine_key(device: torch.device, precision: str, threads: int, world: int, 
                 model_hash: str, micro: tuple[int, int]) -> str:
     """What a measurement depends on: the same key on the same machine reuses it. `STEP_UNIT` names what
     is compiled, so that figures measured for another unit (the model alone, before 2026-11-25) are not."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = _cpu_name()
+    name = device_name(device)
     return (f"{device.type}:{name}|torch {torch.__version__}|{precision}|threads {threads}|world {world} "
             f"{parallel}|model {model_hash}|micro {micro[0]}x{micro[1]}|{STEP_UNIT}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def read_cache(path: Path) -> dict:
