@@ -54,6 +54,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     if m.vocab_size < manifest["vocab_size"]:
         raise ConfigError(f"model.vocab_size {m.vocab_size} is smaller than the data's vocabulary "
                           f"({manifest['vocab_size']}); leave it at 0 to take the data's")
+    if t.objective == "mlm" and m.vocab_size <= manifest["vocab_size"]:
+        raise ConfigError(f"train.objective mlm needs an id for [MASK] above the data's vocabulary: set "
+                          f"--model.vocab_size {manifest['vocab_size'] + 1}")
     sampler = BatchSampler(TokenData(data_dir, "train"), m.block_size, t.seed)
     batches = DeviceBatches(sampler, t.batch_size * t.grad_accum,  # this rank's slice of each global batch
                             distributed.rank_slices(t.batch_size, t.grad_accum, d), rt.device)
@@ -86,8 +89,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
     n_seqs = batches.slices[0][1]
     step_fn, choice = choose_compile(
-        model, loss_fn(step_model, rt.autocast, t.z_loss, t.label_smoothing), setting=t.compile,
-        device=rt.device, precision=rt.precision,
+        model, loss_fn(step_model, rt.autocast, t.z_loss, t.label_smoothing, t.objective, t.mask_rate,
+                       t.sampling_prob), setting=t.compile, device=rt.device, precision=rt.precision,
         threads=torch.get_num_threads(), dist=d, parallel=t.parallel, model_hash=cfg.model_hash(),
         vocab_size=m.vocab_size, micro=(n_seqs, m.block_size), micro_steps=len(batches),
         steps_left=t.max_steps - state.step, resumed=state.compiled)
