@@ -121,11 +121,34 @@ def test_model_hash_of_the_default_config_is_what_it_was():
 def test_lab_lists_ten_experiments(capsys):
     assert main(["lab", "list", "--json"]) == 0
     names = [e["name"] for e in json.loads(capsys.readouterr().out)["experiments"]]
-    assert names == available()
+    assert names == available() and len(names) == 10
+
+
+def test_modular_examples_train_and_evaluate_on_the_answer_only(tmp_path):
+    from conftest import tiny_config
+
+    from nextoken.data.loader import ExampleSampler, TokenData, eval_windows
+    from nextoken.data.synthetic import modular_addition
+    from nextoken.training.loop import train
+
+    data = modular_addition(tmp_path / "mod7", p=7, train_fraction=0.5)
+    val = TokenData(data, "val")
+    for x, y in eval_windows(val, 5, 0):  # [a + b =] -> [+ b = c]: only c counts, and it is (a + b) mod 7
+        assert y.tolist()[:3] == [IGNORE_INDEX] * 3 and y[3] == (x[0] + x[2]) % 7 and y[4] == IGNORE_INDEX
+    n_train = TokenData(data, "train").n_tokens // 6
+    assert n_train + val.n_tokens // 6 == 49 and n_train in (24, 25)
+    s = ExampleSampler(TokenData(data, "train"), 5, 0)
+    x, _ = s.batch(3, n_train)
+    assert sorted(map(tuple, x.tolist())) == sorted(map(tuple, s.rows[:, :-1].tolist()))  # the full batch
+    cfg = tiny_config(data, model__block_size=5, train__batch_size=n_train, train__max_steps=3)
+    res = train(cfg, tmp_path / "run", quiet=True)
+    assert res["eval_tokens"] == val.n_tokens // 6  # one answer per equation
+    with pytest.raises(Exception, match="block_size 5"):
+        ExampleSampler(TokenData(data, "train"), 8, 0)
 
 
 @pytest.mark.parametrize("name", ["perplexity-bounds", "label-smoothing", "weight-tying", "z-loss", "spike",
-                                  "warmup", "chinchilla"])
+                                  "warmup", "chinchilla", "grokking", "mlm", "teacher-forcing"])
 def test_experiment_at_smoke_writes_its_report(name, tmp_path):
     out = tmp_path / name
     figures = run(name, "smoke", out, log=lambda m: None)

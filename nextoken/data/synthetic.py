@@ -40,3 +40,39 @@ def periodic(folder: str | Path, period: int = 16, n_docs: int = 40, doc_chars: 
         text = (unit * (doc_chars // period + 2))[phase:phase + doc_chars]
         (folder / f"doc_{d:03d}.txt").write_text(text)
     return folder
+
+
+def modular_addition(out: str | Path, p: int = 97, train_fraction: float = 0.5, seed: int = 0) -> Path:
+    """Prepared data of every equation "a + b = c", c = (a + b) mod p, one token per number (Power et al. 2022):
+    a random `train_fraction` of the p² pairs in train, the rest in val. Written through `prepare` (a word-level
+    tokenizer, each equation a document of 6 tokens with its end-of-text), then marked as fixed-length examples
+    whose one target is c: the loader then yields whole equations and the loss counts only the answer
+    (data/loader.py, ExampleSampler)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from nextoken.data.prepare import PrepareOptions, prepare
+
+    out = Path(out)
+    if (out / "manifest.json").is_file() and "examples" in json.loads((out / "manifest.json").read_text()):
+        return out
+    val_every = round(1 / (1 - train_fraction))  # prepare puts document i in val when i % val_every == 0
+    rng = random.Random(seed)
+    pairs = [(a, b) for a in range(p) for b in range(p)]
+    rng.shuffle(pairs)
+    src = out.with_name(out.name + "-text")
+    src.mkdir(parents=True, exist_ok=True)
+    rows = [json.dumps({"text": f"{a} + {b} = {(a + b) % p}"}) for a, b in pairs]
+    (src / "equations.jsonl").write_text("\n".join(rows) + "\n")
+    vocab = {str(i): i for i in range(p)} | {"+": p, "=": p + 1, "<|endoftext|>": p + 2}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(src / "tokenizer.json"))
+    prepare([str(src / "equations.jsonl")], out, PrepareOptions(tokenizer=str(src / "tokenizer.json"),
+            val_fraction=1 / val_every, progress=False, force=True), log=lambda m: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["examples"] = {"length": 6, "targets": [3], "p": p}  # [a + b = c eot]: y[3] is c
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out

@@ -96,15 +96,16 @@ def prepared(out: Path, write_text: Callable[[Path], Path], val_fraction: float 
 
 
 def base_config(ctx: Context, data: Path, **changes) -> Config:
-    """The model and training of a budget: smoke 2 x 32 for 30 steps (seconds), small 4 x 128 for 300 steps of
-    16 x 128 tokens (about a minute a run on a quiet 2-core CPU), full 6 x 384 for 3000 steps (a GPU).
+    """The model and training of a budget: smoke 2 x 32 for 30 steps (seconds), small 3 x 64 for 200 steps of
+    16 x 64 tokens (about a minute a run on a 2-core CPU shared with other jobs), full 6 x 384 for 3000 steps of
+    32 x 256 (a GPU).
     `changes` are "section.field": value pairs on top; each run evaluates at its end and keeps its checkpoints
     every quarter so a rerun resumes it."""
     cfg = Config()
     cfg.data.path = str(data)
     m, t, o = cfg.model, cfg.train, cfg.optim
-    m.n_layer, m.n_head, m.d_model, m.block_size = ctx.pick((2, 2, 32, 32), (4, 4, 128, 128), (6, 6, 384, 256))
-    t.max_steps, t.batch_size = ctx.pick((30, 4), (300, 16), (3000, 32))
+    m.n_layer, m.n_head, m.d_model, m.block_size = ctx.pick((2, 2, 32, 32), (3, 4, 64, 64), (6, 6, 384, 256))
+    t.max_steps, t.batch_size = ctx.pick((30, 4), (200, 16), (3000, 32))
     t.eval_tokens = ctx.pick(2048, 32768, 1 << 18)
     o.warmup_steps = t.max_steps // 10
     t.device, t.precision = ("cpu", "fp32") if ctx.budget != "full" else ("auto", "auto")

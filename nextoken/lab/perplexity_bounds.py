@@ -29,7 +29,7 @@ class PerplexityBounds(Experiment):
 
     def variants(self, ctx: Context):
         # one model trained on a sequence where each token fixes the next (a period of 16 distinct letters)
-        return {"periodic": base_config(ctx, self.data(ctx), **{"train.max_steps": ctx.pick(60, 200, 500)})}
+        return {"periodic": base_config(ctx, self.data(ctx), **{"train.max_steps": ctx.pick(60, 100, 500)})}
 
     def measure(self, ctx: Context, runs) -> dict:
         run = runs["periodic"]

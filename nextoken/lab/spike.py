@@ -29,7 +29,7 @@ class Spike(Experiment):
     cost = {"smoke": "about 5 s", "small": "about 5 min on a 2-core CPU (4 runs)", "full": "4 GPU runs"}
 
     def variants(self, ctx: Context):
-        steps = ctx.pick(40, 300, 3000)
+        steps = ctx.pick(40, 200, 3000)
         at = int(steps * 0.6)
         base = base_config(ctx, text_data(ctx), **{
             "train.max_steps": steps, "stability.window": ctx.pick(10, 50, 100),

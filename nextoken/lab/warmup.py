@@ -35,7 +35,7 @@ class Warmup(Experiment):
 
     def variants(self, ctx: Context):
         base = base_config(ctx, text_data(ctx), **{"optim.lr": ctx.pick(2e-2, 1e-2, 3e-3),
-                                                    "model.n_layer": ctx.pick(2, 6, 12)})
+                                                    "model.n_layer": ctx.pick(2, 4, 12)})
         runs = {}
         for norm in ("pre", "post"):
             for warm in (base.optim.warmup_steps, 0):

@@ -32,7 +32,7 @@ class ZLoss(Experiment):
     cost = {"smoke": "about 5 s", "small": "about 4 min on a 2-core CPU (3 runs)", "full": "3 GPU runs"}
 
     def variants(self, ctx: Context):
-        steps = ctx.pick(30, 300, 3000)
+        steps = ctx.pick(30, 200, 3000)
         base = base_config(ctx, text_data(ctx), **{"optim.lr": ctx.pick(3e-2, 2e-2, 1e-2),
                                                     "train.ckpt_every": max(1, steps // 6), "train.keep": 7,
                                                     "stability.window": ctx.pick(10, 50, 100)})

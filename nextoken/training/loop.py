@@ -10,7 +10,7 @@ import torch
 
 from nextoken import checkpoint as ckpt
 from nextoken.config import Config
-from nextoken.data.loader import BatchSampler, TokenData
+from nextoken.data.loader import TokenData, make_sampler
 from nextoken.data.prefetch import DeviceBatches
 from nextoken.data.prepare import read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
@@ -57,7 +57,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = 
     if t.objective == "mlm" and m.vocab_size <= manifest["vocab_size"]:
         raise ConfigError(f"train.objective mlm needs an id for [MASK] above the data's vocabulary: set "
                           f"--model.vocab_size {manifest['vocab_size'] + 1}")
-    sampler = BatchSampler(TokenData(data_dir, "train"), m.block_size, t.seed)
+    sampler = make_sampler(TokenData(data_dir, "train"), m.block_size, t.seed)  # windows, or whole examples
     batches = DeviceBatches(sampler, t.batch_size * t.grad_accum,  # this rank's slice of each global batch
                             distributed.rank_slices(t.batch_size, t.grad_accum, d), rt.device)
     val = TokenData(data_dir, "val")

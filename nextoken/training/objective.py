@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # targets with this id (padding) contribute nothing
+from nextoken.data.loader import IGNORE_INDEX
 
 
 def next_token_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, z_loss: float = 0.0,
