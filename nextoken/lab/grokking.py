@@ -32,19 +32,20 @@ class Grokking(Experiment):
     cost = {"smoke": "about 3 s", "small": "about 6 min on a 2-core CPU (2 runs)", "full": "2 GPU runs (p = 113)"}
 
     def data(self, ctx: Context):
-        p = ctx.pick(11, 59, 113)
+        p = ctx.pick(11, 31, 113)
         return modular_addition(ctx.out / f"data-mod{p}", p=p, train_fraction=0.5)
 
     def variants(self, ctx: Context):
         data = self.data(ctx)
         n_train = TokenData(data, "train").n_tokens // 6
-        steps = ctx.pick(40, 1500, 20000)
+        steps = ctx.pick(40, 1000, 20000)
         every = max(1, steps // 30)
         base = base_config(ctx, data, **{
             "model.n_layer": 1, "model.n_head": 4, "model.d_model": ctx.pick(32, 64, 128), "model.block_size": 5,
             "train.batch_size": n_train, "train.max_steps": steps, "train.eval_tokens": 0,
             "train.eval_every": every, "train.ckpt_every": every, "train.keep": 40,
-            "optim.lr": 1e-3, "optim.beta2": 0.98, "optim.warmup_steps": 10, "optim.schedule": "constant",
+            "optim.lr": ctx.pick(1e-3, 3e-3, 1e-3), "optim.beta2": 0.98, "optim.warmup_steps": 10,
+            "optim.schedule": "constant",
             "optim.grad_clip": 0.0, "optim.weight_decay": 1.0})
         return {"wd1": base, "wd0": with_changes(base, **{"optim.weight_decay": 0.0})}
 
@@ -63,12 +64,14 @@ class Grokking(Experiment):
             out[name] = {"weight_decay": cfg.optim.weight_decay, "points": points}
         cfg = runs["wd1"].config
         return {"variants": out, "p": TokenData(cfg.data.path, "train").manifest["examples"]["p"],
-                "train_examples": cfg.train.batch_size, "steps": cfg.train.max_steps, "d_model": cfg.model.d_model}
+                "train_examples": cfg.train.batch_size, "steps": cfg.train.max_steps, "d_model": cfg.model.d_model,
+                "lr": cfg.optim.lr}
 
     def setup(self, f: dict) -> str:
         return (f"a + b mod {f['p']}, one token per number; half of the {f['p']}² equations train "
                 f"({f['train_examples']}, the full batch every step), half val; 1 layer x {f['d_model']}, 4 heads; "
-                "AdamW lr 1e-3, betas (0.9, 0.98), weight decay 1.0 or 0, constant LR after 10 warmup steps, "
+                f"AdamW lr {f.get('lr', 1e-3):g}, betas (0.9, 0.98), weight decay 1.0 or 0, constant LR after 10 "
+                "warmup steps, "
                 f"{f['steps']} steps; accuracy of the answer token at each checkpoint (every 1/30 of the run).")
 
     def table(self, f: dict):

@@ -61,9 +61,10 @@ class LabelSmoothing(Experiment):
     def draw(self, f: dict, fig) -> None:
         ax1, ax2 = fig.subplots(1, 2)
         for name, v in f["variants"].items():
-            if name.endswith("seed2"):
-                continue
             c = v["curve"]
+            if name.endswith("seed2"):
+                ax1.plot(c["step"], c["loss"], "k:", label="ε = 0, another seed (the scatter)")
+                continue
             ax1.plot(c["step"], c["loss"], "o-", label=f"ε = {v['epsilon']:g}")
             bins = [b for b in v["bins"] if b["count"]]
             ax2.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
