@@ -57,8 +57,8 @@ class Spike(Experiment):
                 "snapshot a tenth of the run back and skip a tenth of the run's batches).")
 
     def table(self, f: dict):
-        rows = [[n, v["policy"], v["inject"] or "-", v["spikes"], ", ".join(f"{t}@{s}" for s, t in v["events"]) or "-",
-                 v["val_loss"]] for n, v in f["variants"].items()]
+        rows = [[n, v["policy"], v["inject"] or "-", v["spikes"], _events(v["events"]), v["val_loss"]]
+                for n, v in f["variants"].items()]
         return ["run", "policy", "injected", "spikes detected", "events", "final val loss (nats)"], rows
 
     def draw(self, f: dict, fig) -> None:
@@ -83,6 +83,16 @@ class Spike(Experiment):
         if rb - clean <= (warn - clean) / 2:
             return Verdict(HELD, why)
         return Verdict(NOT_HELD, why + "; rollback did not recover")
+
+
+def _events(events: list) -> str:
+    """'spike x6 (steps 121-126), rollback x1 (step 121)'."""
+    out = []
+    for kind in dict.fromkeys(t for _, t in events):
+        steps = [s for s, t in events if t == kind]
+        where = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+        out.append(f"{kind} x{len(steps)} ({where})")
+    return ", ".join(out) or "-"
 
 
 EXPERIMENT = Spike()

@@ -97,7 +97,9 @@ class Warmup(Experiment):
 
         gp, gq = gain("pre"), gain("post")
         div = [n for n, x in v.items() if x["diverged"]]
-        why = (f"what warmup gained in final val loss: pre-LN {gp:+.4f}, post-LN {gq:+.4f} nats; diverged: "
+        gap = v["post-warmup"]["val_loss"] - v["pre-warmup"]["val_loss"]
+        why = (f"what warmup gained in final val loss: pre-LN {gp:+.4f}, post-LN {gq:+.4f} nats; post-LN trails "
+               f"pre-LN by {gap:.3f} nats even with warmup; diverged: "
                f"{', '.join(div) or 'none'} (rule: held if post-LN gains more than {MATTERS} nats more than pre-LN, "
                "or only post-LN without warmup diverges)")
         only_post = div == ["post-nowarmup"]
