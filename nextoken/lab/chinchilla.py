@@ -18,7 +18,7 @@ class Chinchilla(Experiment):
     name = "chinchilla"
     claim = "at a fixed compute budget the loss is lowest at about 20 training tokens per parameter"
     source = "Hoffmann et al. 2022 (Chinchilla) §3.2, approach 2; the seed lesson §12.7"
-    cost = {"smoke": "about 10 s", "small": "about 5 min on a 2-core CPU (5 runs)", "full": "a GPU sweep"}
+    cost = {"smoke": "about 10 s", "small": "4 min on the shared 2-core CPU (5 runs)", "full": "a GPU sweep"}
 
     def budget_flops(self, ctx: Context) -> float:
         return ctx.pick(3e8, 2e11, 3e13)
@@ -62,7 +62,7 @@ class Chinchilla(Experiment):
             ax.axvline(pr["params_opt"], color="tab:green", ls="--",
                        label=f"minimum: {pr['tokens_opt'] / pr['params_opt']:.0f} tokens/param")
         for p in f["points"]:
-            ax.annotate(f"{p['tokens'] / p['params']:.0f}", (p["params"], p["loss"]), textcoords="offset points",
+            ax.annotate(f"{p['tokens'] / p['params']:.3g}", (p["params"], p["loss"]), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=8)
         ax.set_xscale("log")
         ax.set_xlabel("N, non-embedding parameters (labels: tokens per parameter)")
@@ -75,13 +75,23 @@ class Chinchilla(Experiment):
             return Verdict(INCONCLUSIVE, "the profile has no minimum (the parabola opens downward): the sizes did not "
                            "bracket the optimum")
         ratio = pr["tokens_opt"] / pr["params_opt"]
+        total = _total_at(f["points"], pr["params_opt"])
         why = (f"the IsoFLOP minimum lies at N = {pr['params_opt']:,.0f}, D = {pr['tokens_opt']:,.0f}: {ratio:.1f} "
-               f"tokens per parameter against Chinchilla's {CHINCHILLA:g} (rule: held within a factor {FACTOR})")
+               f"tokens per non-embedding parameter ({pr['tokens_opt'] / total:.1f} per parameter with the embeddings) "
+               f"against Chinchilla's {CHINCHILLA:g} (rule: held within a factor {FACTOR})")
         if not pr.get("bracketed"):
             return Verdict(INCONCLUSIVE, why + "; the minimum lies outside the sampled sizes (an extrapolation)")
         if CHINCHILLA / FACTOR <= ratio <= CHINCHILLA * FACTOR:
             return Verdict(HELD, why)
         return Verdict(NOT_HELD, why)
+
+
+def _total_at(points: list[dict], params: float) -> float:
+    """All parameters (embeddings included) of a model of `params` non-embedding ones, interpolated in log-log."""
+    import numpy as np
+
+    x, y = np.log([p["params"] for p in points]), np.log([p["params_total"] for p in points])
+    return float(np.exp(np.polyval(np.polyfit(x, y, 1), math.log(params))))
 
 
 EXPERIMENT = Chinchilla()

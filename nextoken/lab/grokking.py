@@ -29,7 +29,8 @@ class Grokking(Experiment):
     claim = ("on a small algorithmic task a network first memorizes its training set, then, long after train "
              "accuracy reached 100%, suddenly generalizes; weight decay drives it")
     source = "Power et al. 2022; Nanda et al. 2023; the seed lesson §12.8"
-    cost = {"smoke": "about 3 s", "small": "about 6 min on a 2-core CPU (2 runs)", "full": "2 GPU runs (p = 113)"}
+    cost = {"smoke": "about 3 s", "small": "1-9 min on the shared 2-core CPU (2 runs of 1000 full-batch steps)",
+            "full": "2 GPU runs (p = 113)"}
 
     def data(self, ctx: Context):
         p = ctx.pick(11, 31, 113)

@@ -27,7 +27,7 @@ class LabelSmoothing(Experiment):
     claim = ("label smoothing at ε = 0.3 is too aggressive: it hurts the cross-entropy the model is scored on, "
              "while making it less confident")
     source = "the seed lesson's 'break it' toggle; Szegedy et al. 2016 §7; Müller et al. 2019 on calibration"
-    cost = {"smoke": "about 5 s", "small": "about 5 min on a 2-core CPU (4 runs)", "full": "4 GPU runs"}
+    cost = {"smoke": "about 5 s", "small": "8 min on the shared 2-core CPU (4 runs)", "full": "4 GPU runs"}
 
     def variants(self, ctx: Context):
         base = base_config(ctx, text_data(ctx))

@@ -22,7 +22,7 @@ class PerplexityBounds(Experiment):
     claim = ("perplexity = e^loss is the vocabulary size V for a uniform model and 1 for a perfect one; the "
              "sampling temperature changes what is drawn, not the loss")
     source = "the seed lesson's Exercise 2 and its temperature note; Jelinek et al. 1977 for perplexity"
-    cost = {"smoke": "about 3 s", "small": "about 1 min on a 2-core CPU", "full": "minutes on a GPU"}
+    cost = {"smoke": "about 3 s", "small": "2 min on the shared 2-core CPU", "full": "minutes on a GPU"}
 
     def data(self, ctx: Context):
         return prepared(ctx.out / "data-periodic", periodic)

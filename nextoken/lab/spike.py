@@ -26,7 +26,7 @@ class Spike(Experiment):
     claim = ("loss spikes happen; restarting from a checkpoint before the spike and skipping the batches around "
              "it (PaLM's remedy) recovers the run")
     source = "Chowdhery et al. 2022 (PaLM) §5.1; the seed page's spike note"
-    cost = {"smoke": "about 5 s", "small": "about 5 min on a 2-core CPU (4 runs)", "full": "4 GPU runs"}
+    cost = {"smoke": "about 5 s", "small": "2 min on the shared 2-core CPU (4 runs)", "full": "4 GPU runs"}
 
     def variants(self, ctx: Context):
         steps = ctx.pick(40, 200, 3000)

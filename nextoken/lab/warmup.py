@@ -31,7 +31,7 @@ class Warmup(Experiment):
     claim = ("learning-rate warmup matters mostly for post-LN transformers: their gradients near the output are "
              "large at initialization, and without warmup a high learning rate breaks them; pre-LN trains without it")
     source = "Xiong et al. 2020 (On Layer Normalization in the Transformer Architecture) §3; the seed lesson §12.6"
-    cost = {"smoke": "about 5 s", "small": "about 5 min on a 2-core CPU (4 runs)", "full": "4 GPU runs"}
+    cost = {"smoke": "about 5 s", "small": "4 min on the shared 2-core CPU (4 runs)", "full": "4 GPU runs"}
 
     def variants(self, ctx: Context):
         base = base_config(ctx, text_data(ctx), **{"optim.lr": ctx.pick(2e-2, 1e-2, 3e-3),
@@ -69,7 +69,7 @@ class Warmup(Experiment):
             g = v["grad_norms_init"]
             blocks = [g[k] for k in g if k.startswith("block")]
             rows.append([n, v["norm"], v["warmup_steps"], v["val_loss"], v["diverged"] or "no",
-                         f"{blocks[0]:.3g} / {blocks[-1]:.3g}", f"{g.get('head', 0):.3g}"])
+                         f"{blocks[0]:.3g} / {blocks[-1]:.3g}", f"{g['head']:.3g}" if "head" in g else "- (none)"])
         return ["run", "norm", "warmup steps", "final val loss", "diverged", "init grad norm first / last block",
                 "init grad norm head"], rows
 

@@ -23,7 +23,7 @@ class WeightTying(Experiment):
     name = "weight-tying"
     claim = "tying the input and output embeddings saves V x d parameters and improves the model"
     source = "Press & Wolf 2017; Inan et al. 2017; the seed lesson's softmax section"
-    cost = {"smoke": "about 4 s", "small": "about 4 min on a 2-core CPU (3 runs)", "full": "3 GPU runs"}
+    cost = {"smoke": "about 4 s", "small": "6 min on the shared 2-core CPU (3 runs)", "full": "3 GPU runs"}
 
     def variants(self, ctx: Context):
         base = base_config(ctx, text_data(ctx))

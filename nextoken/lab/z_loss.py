@@ -29,7 +29,7 @@ class ZLoss(Experiment):
     claim = ("z-loss, 1e-4 log² Z added to the loss, keeps the softmax normalizer log Z near 0 and so the logits "
              "in check, making training more stable at a high learning rate")
     source = "Chowdhery et al. 2022 (PaLM) §5; the seed page's spike note"
-    cost = {"smoke": "about 5 s", "small": "about 4 min on a 2-core CPU (3 runs)", "full": "3 GPU runs"}
+    cost = {"smoke": "about 5 s", "small": "3 min on the shared 2-core CPU (3 runs)", "full": "3 GPU runs"}
 
     def variants(self, ctx: Context):
         steps = ctx.pick(30, 200, 3000)
