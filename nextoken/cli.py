@@ -235,6 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "only)")
     se.add_argument("--port", type=_int_at_least(0), default=8600, help="port (default 8600; 0: any free one)")
     se.set_defaults(handler=cmd_serve)
+    lb = sub.add_parser("lab", help="the claims of pretraining as experiments: train, measure, draw, verdict "
+                        "(docs/lab.md)")
+    lab = lb.add_subparsers(dest="lab_cmd", metavar="ACTION", required=True)
+    ll = lab.add_parser("list", help="the experiments, with their claim and cost")
+    ll.add_argument("--json", action="store_true")
+    ll.set_defaults(handler=cmd_lab_list)
+    lr = lab.add_parser("run", help="run an experiment (rerunning the same command continues it)")
+    lr.add_argument("name", metavar="NAME", help="an experiment (`nextoken lab list`)")
+    lr.add_argument("--budget", choices=("smoke", "small", "full"), default="small",
+                    help="smoke: seconds (CI); small: about 5 minutes on a 2-core CPU (default); full: a GPU")
+    lr.add_argument("--out", help="experiment directory (default lab/NAME-BUDGET)")
+    lr.add_argument("--json", action="store_true", help="print the figures as JSON")
+    lr.set_defaults(handler=cmd_lab_run)
+    lp = lab.add_parser("report", help="rewrite an experiment's report.md and figure from its figures.json")
+    lp.add_argument("dir", metavar="DIR", help="an experiment directory")
+    lp.set_defaults(handler=cmd_lab_report)
     return p
 
 
@@ -489,6 +505,39 @@ def cmd_serve(args, extra) -> int:
     from nextoken.serve import serve
 
     serve(args.paths, args.host, args.port, log=_err)
+    return 0
+
+
+def cmd_lab_list(args, extra) -> int:
+    from nextoken.lab import available, get
+
+    rows = [{"name": n, "claim": get(n).claim, "source": get(n).source, "cost": get(n).cost} for n in available()]
+    if args.json:
+        _print_json({"experiments": rows})
+        return 0
+    for r in rows:
+        _err(f"{r['name']}\n    claim: {r['claim']} ({r['source']})\n    cost: " +
+             "; ".join(f"{b} {c}" for b, c in r["cost"].items()))
+    return 0
+
+
+def cmd_lab_run(args, extra) -> int:
+    from nextoken.lab.runner import run
+
+    figures = run(args.name, args.budget, args.out, log=_err)
+    if args.json:
+        _print_json(figures)
+        return 0
+    out = args.out or f"lab/{args.name}-{args.budget}"
+    _err(f"verdict: {figures['verdict']}: {figures['why']}\nreport: {out}/report.md")
+    return 0
+
+
+def cmd_lab_report(args, extra) -> int:
+    from nextoken.lab.runner import report
+
+    figures = report(args.dir)
+    _err(f"verdict: {figures['verdict']}: {figures['why']}\nreport: {args.dir}/report.md")
     return 0
 
 

@@ -46,6 +46,8 @@ class ModelConfig:
     dropout: float = _f(0.0, "dropout probability (attention, residual and embeddings)")
     bias: bool = _f(False, "biases in linear layers and norms")
     rope_base: float = _f(10000.0, "RoPE base frequency")
+    attention: str = _f("causal", "causal (each position sees those before it) or bidirectional (every position "
+                        "sees all: for train.objective mlm)", ("causal", "bidirectional"))
 
     @property
     def head_dim(self) -> int:
@@ -94,6 +96,13 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     z_loss: float = _f(0.0, "z-loss coefficient (PaLM uses 1e-4)")
     label_smoothing: float = _f(0.0, "label smoothing")
+    objective: str = _f("next", "next (next-token prediction, teacher forced), mlm (masked tokens, BERT's 80/10/10; "
+                        "needs model.attention bidirectional and one id above the data's vocabulary for [MASK]) or "
+                        "scheduled-sampling (inputs partly the model's own predictions)",
+                        ("next", "mlm", "scheduled-sampling"))
+    mask_rate: float = _f(0.15, "mlm: share of positions predicted")
+    sampling_prob: float = _f(0.25, "scheduled-sampling: share of input tokens replaced by the model's own sample "
+                              "(1: every input is the model's)")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
     parallel: str = _f("ddp", "data parallelism under torchrun: ddp, or fsdp (FSDP2, sharded)", ("ddp", "fsdp"))
     init_from: str = _f("", "start from the weights of a run, checkpoint or Hugging Face model directory, with a "
@@ -145,8 +154,13 @@ class Config:
         return "\n".join(lines)
 
     def model_hash(self) -> str:
-        """Hash of the fields that fix the weights' shapes: a checkpoint only loads into the same."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self.model), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the fields that fix the weights' shapes: a checkpoint only loads into the same. Fields added
+        after runs existed count only away from their default, so those runs keep their hash (and --resume)."""
+        fields = {k: v for k, v in dataclasses.asdict(self.model).items() if _ADDED_MODEL_FIELDS.get(k, ...) != v}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ADDED_MODEL_FIELDS = {"attention": "causal"}  # field: its default (issue 13)
 
 
 def _toml_value(v: Any) -> str:
@@ -304,6 +318,13 @@ def validate(cfg: Config) -> None:
         (t.log_every >= 1, "train.log_every must be >= 1"),
         (t.z_loss >= 0, "train.z_loss must be >= 0"),
         (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (0 < t.mask_rate <= 1, "train.mask_rate must be in (0, 1]"),
+        (0 <= t.sampling_prob <= 1, "train.sampling_prob must be in [0, 1]"),
+        (t.objective != "mlm" or m.attention == "bidirectional",
+         "train.objective mlm needs --model.attention bidirectional (a masked token is predicted from both sides)"),
+        (t.objective == "mlm" or m.attention == "causal",
+         f"model.attention bidirectional only suits train.objective mlm (got {t.objective}): each position would "
+         "see the token it predicts"),
         (cfg.data.vocab_size >= 260, "data.vocab_size must be >= 260 (256 bytes plus special tokens)"),
         (st.window >= 3, "stability.window must be >= 3"),
         (st.threshold > 0, "stability.threshold must be > 0"),

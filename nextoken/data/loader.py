@@ -16,6 +16,8 @@ import torch
 from nextoken.data.prepare import read_manifest
 from nextoken.errors import DataError
 
+IGNORE_INDEX = -100  # a target with this id contributes nothing to the loss (F.cross_entropy's default)
+
 
 class TokenData:
     """The token shards of one split, memory-mapped (nothing is read until it is sampled)."""
@@ -71,12 +73,54 @@ class BatchSampler:
         return rows[:, :-1], rows[:, 1:]
 
 
+class ExampleSampler:
+    """Batches of whole fixed-length examples (data a synthetic module marked as such: the manifest's
+    `examples` gives their length and which target positions count), for tasks such as modular arithmetic:
+    x = example[:-1], y = example[1:] with every target but the counted ones IGNORE_INDEX. Drawn by (seed,
+    data_step) without replacement, so a batch as large as the split is the full batch every step."""
+
+    def __init__(self, data: TokenData, block_size: int, seed: int):
+        self.data, self.seed = data, seed
+        self.L = data.manifest["examples"]["length"]
+        if block_size != self.L - 1:
+            raise DataError(f"{data.dir} holds examples of {self.L} tokens; train it with --model.block_size "
+                            f"{self.L - 1}")
+        self.rows = torch.from_numpy(np.concatenate(data.shards).astype(np.int64)).view(-1, self.L)
+        self.keep = torch.zeros(self.L - 1, dtype=torch.bool)
+        self.keep[data.manifest["examples"]["targets"]] = True
+
+    def batch(self, data_step: int, n_seqs: int, offset: int = 0, count: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        count = n_seqs - offset if count is None else count
+        rng = np.random.default_rng([self.seed, data_step])
+        n = len(self.rows)
+        picks = np.concatenate([rng.permutation(n) for _ in range(-(-n_seqs // n))])[:n_seqs][offset:offset + count]
+        rows = self.rows[torch.from_numpy(picks)]
+        return rows[:, :-1], example_targets(rows[:, 1:], self.keep)
+
+
+def example_targets(y: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    return torch.where(keep, y, IGNORE_INDEX)
+
+
+def make_sampler(data: TokenData, block_size: int, seed: int) -> BatchSampler | ExampleSampler:
+    """The training batches of `data`: random windows of a token stream, or whole examples where the data is."""
+    if "examples" in data.manifest:
+        return ExampleSampler(data, block_size, seed)
+    return BatchSampler(data, block_size, seed)
+
+
 def eval_windows(data: TokenData, block_size: int, max_tokens: int):
     """Non-overlapping windows over the split, up to `max_tokens` targets (0: all of them). A partial
     evaluation takes windows evenly spaced over the whole split, not its first documents: the val split
     is whole documents, and its first 65k tokens are a handful of files (on the stdlib+tests corpus 28 sweep
     runs scored 0.13-0.20 nats worse on them than on the whole split, the gap differing by up to 0.07 from
     model to model: more than the differences a sweep measures; docs/LOG.md)."""
+    if "examples" in data.manifest:  # every example of the split, its uncounted targets IGNORE_INDEX
+        sampler = ExampleSampler(data, block_size, 0)
+        for row in sampler.rows:
+            yield row[:-1], example_targets(row[1:], sampler.keep)
+        return
     data.check_context(block_size)
     per_shard = np.array([len(range(0, len(shard) - block_size, block_size)) for shard in data.shards])
     first = np.concatenate([[0], np.cumsum(per_shard)])  # window index where each shard's windows begin

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nextoken.data.loader import TokenData, eval_windows
+from nextoken.data.loader import IGNORE_INDEX, TokenData, eval_windows
 from nextoken.data.prepare import open_byte_counts
 from nextoken.errors import DataError
 
@@ -58,11 +58,12 @@ def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_byt
         with autocast():
             logits = model(x)
         nll_sum += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
-        n_tokens += y.numel()
+        n_tokens += int((y != IGNORE_INDEX).sum())  # examples data counts only its answers (data/loader.py)
         xs.clear()
         ys.clear()
 
     for (x, y), y_bytes in zip(eval_windows(data, block_size, max_tokens), target_bytes, strict=True):
+        y_bytes = y_bytes[y != IGNORE_INDEX]
         if (y_bytes < 0).any():
             raise DataError(f"{data.dir} was prepared before nextoken recorded the bytes of each token, which "
                             "this tokenizer needs for bits per byte; prepare the data again")

@@ -77,7 +77,7 @@ class Attention(nn.Module):
             qk_BGTK = apply_rope(qk_BGTK, *rope)
         q_BHTK, k_BHTK = qk_BGTK.split(H, dim=1)
         mask = None
-        causal = True
+        causal = self.cfg.attention == "causal"  # bidirectional: the masked-token objective (BERT)
         if cache is not None:
             k_BHTK, v_BHTK = cache.append(self.layer, k_BHTK, v_BHTK)
             if cache.pos > 0:  # queries sit at positions pos..pos+T-1 of the S cached keys

@@ -11,7 +11,7 @@ import torch
 
 from nextoken import checkpoint as ckpt
 from nextoken.config import Config
-from nextoken.data.loader import BatchSampler, TokenData
+from nextoken.data.loader import TokenData, make_sampler
 from nextoken.data.prefetch import DeviceBatches
 from nextoken.data.prepare import read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
@@ -60,7 +60,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     if m.vocab_size < manifest["vocab_size"]:
         raise ConfigError(f"model.vocab_size {m.vocab_size} is smaller than the data's vocabulary "
                           f"({manifest['vocab_size']}); leave it at 0 to take the data's")
-    sampler = BatchSampler(TokenData(data_dir, "train"), m.block_size, t.seed)
+    if t.objective == "mlm" and m.vocab_size <= manifest["vocab_size"]:
+        raise ConfigError(f"train.objective mlm needs an id for [MASK] above the data's vocabulary: set "
+                          f"--model.vocab_size {manifest['vocab_size'] + 1}")
+    sampler = make_sampler(TokenData(data_dir, "train"), m.block_size, t.seed)  # windows, or whole examples
     batches = DeviceBatches(sampler, t.batch_size * t.grad_accum,  # this rank's slice of each global batch
                             distributed.rank_slices(t.batch_size, t.grad_accum, d), rt.device)
     val = TokenData(data_dir, "val")
@@ -92,8 +95,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
     n_seqs = batches.slices[0][1]
     step_fn, choice = choose_compile(
-        model, loss_fn(step_model, rt.autocast, t.z_loss, t.label_smoothing), setting=t.compile,
-        device=rt.device, precision=rt.precision,
+        model, loss_fn(step_model, rt.autocast, t.z_loss, t.label_smoothing, t.objective, t.mask_rate,
+                       t.sampling_prob), setting=t.compile, device=rt.device, precision=rt.precision,
         threads=torch.get_num_threads(), dist=d, parallel=t.parallel, model_hash=cfg.model_hash(),
         vocab_size=m.vocab_size, micro=(n_seqs, m.block_size), micro_steps=len(batches),
         steps_left=t.max_steps - state.step, resumed=state.compiled)

@@ -1,11 +1,12 @@
-"""The pretraining objective: next-token cross-entropy, with optional z-loss and label smoothing."""
+"""The pretraining objective: next-token cross-entropy, with optional z-loss and label smoothing; and the two
+other objectives `train.objective` names: masked tokens (BERT) and scheduled sampling."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # targets with this id (padding) contribute nothing
+from nextoken.data.loader import IGNORE_INDEX
 
 
 def next_token_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, z_loss: float = 0.0,
@@ -31,12 +32,32 @@ def next_token_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, z_loss: 
     return loss, ce.detach()
 
 
-def loss_fn(model, autocast, z_loss: float = 0.0, label_smoothing: float = 0.0):
+def loss_fn(model, autocast, z_loss: float = 0.0, label_smoothing: float = 0.0, objective: str = "next",
+            mask_rate: float = 0.15, sampling_prob: float = 0.25):
     """The unit the training step runs and `torch.compile` compiles: (inputs, targets) -> (objective, plain
     cross-entropy). The loss goes inside with the model: compiled apart from it, the (tokens x vocab)
     logits are written out in bf16, cast to fp32 and read back by an eager loss several times; compiled
     together, inductor fuses the loss into a few passes (gpt2-124m on an H100: 55.8 -> 38.8 ms a step,
-    docs/LOG.md). `model` may be a DDP- or FSDP2-wrapped module."""
+    docs/LOG.md). `model` may be a DDP- or FSDP2-wrapped module. `objective` other than "next" changes what
+    goes in and what is predicted (masked_tokens, scheduled_sampling_inputs); the second figure is then the
+    plain cross-entropy of what that objective predicts."""
+    if objective == "mlm":
+        def mlm_step(x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            inputs_BT, targets_BT = masked_tokens(x_BT, _vocab_size(model), mask_rate)
+            with autocast():
+                logits_BTV = model(inputs_BT)
+            return next_token_loss(logits_BTV, targets_BT, z_loss, label_smoothing)
+
+        return mlm_step
+    if objective == "scheduled-sampling":
+        def sampled_step(x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with autocast():
+                inputs_BT = scheduled_sampling_inputs(model, x_BT, sampling_prob)
+                logits_BTV = model(inputs_BT)
+            return next_token_loss(logits_BTV, y_BT, z_loss, label_smoothing)
+
+        return sampled_step
+    assert objective == "next", objective
 
     def step(x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast():
@@ -44,6 +65,41 @@ def loss_fn(model, autocast, z_loss: float = 0.0, label_smoothing: float = 0.0):
         return next_token_loss(logits_BTV, y_BT, z_loss, label_smoothing)
 
     return step
+
+
+def _vocab_size(model) -> int:
+    return getattr(model, "module", model).cfg.vocab_size  # DDP wraps the GPT in .module
+
+
+def masked_tokens(x_BT: torch.Tensor, vocab_size: int, rate: float = 0.15, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's corruption (Devlin et al. 2019, §3.1): `rate` of the positions are predicted; of those 80% become
+    [MASK], 10% a random token, 10% stay. [MASK] is id vocab_size - 1, the one id above the data's vocabulary
+    (the lab sets model.vocab_size to the data's + 1). Returns (inputs, targets): the original token where
+    predicted, IGNORE_INDEX elsewhere."""
+    mask_id = vocab_size - 1
+    u = torch.rand(x_BT.shape, device=x_BT.device, generator=generator)
+    chosen = u < rate
+    v = torch.rand(x_BT.shape, device=x_BT.device, generator=generator)
+    random_ids = torch.randint(0, mask_id, x_BT.shape, device=x_BT.device, generator=generator)
+    inputs = torch.where(chosen & (v < 0.8), mask_id, x_BT)
+    inputs = torch.where(chosen & (v >= 0.8) & (v < 0.9), random_ids, inputs)
+    return inputs, torch.where(chosen, x_BT, IGNORE_INDEX)
+
+
+@torch.no_grad()
+def scheduled_sampling_inputs(model, x_BT: torch.Tensor, prob: float, generator: torch.Generator | None = None
+                              ) -> torch.Tensor:
+    """Scheduled sampling in its parallel form for transformers (Bengio et al. 2015; Mihaylova & Martins 2019,
+    §3): a first, teacher-forced pass without gradient samples each position's next token from the model; then
+    each input token after the first is replaced, with probability `prob`, by the model's sample for it. `prob` 1
+    feeds the model only its own predictions (the free-running extreme, one step deep). The targets stay the
+    data's."""
+    logits_BTV = model(x_BT).float()
+    probs_NV = logits_BTV[:, :-1].softmax(-1).flatten(0, 1)
+    sampled_BT = torch.multinomial(probs_NV, 1, generator=generator).view(x_BT.size(0), -1)  # predicts x[:, 1:]
+    swap_BT = torch.rand(sampled_BT.shape, device=x_BT.device, generator=generator) < prob
+    return torch.cat([x_BT[:, :1], torch.where(swap_BT, sampled_BT, x_BT[:, 1:])], dim=1)
 
 
 class _InPlaceCrossEntropy(torch.autograd.Function):

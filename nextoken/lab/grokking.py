@@ -1,0 +1,133 @@
+"""grokking: modular addition with a small transformer, full batch, AdamW with strong weight decay against
+none: train and val accuracy and the weight norm over training."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nextoken.data.loader import ExampleSampler, TokenData
+from nextoken.data.synthetic import modular_addition
+from nextoken.lab.base import (
+    HELD,
+    INCONCLUSIVE,
+    NOT_HELD,
+    Context,
+    Experiment,
+    Verdict,
+    base_config,
+    with_changes,
+)
+
+MEMORIZED, GENERALIZED = 0.99, 0.9  # train accuracy that counts as memorized; val accuracy that counts as grokked
+LATE = 2.0  # "long after": val reaches GENERALIZED at least this many times later than train reaches MEMORIZED
+
+
+class Grokking(Experiment):
+    name = "grokking"
+    claim = ("on a small algorithmic task a network first memorizes its training set, then, long after train "
+             "accuracy reached 100%, suddenly generalizes; weight decay drives it")
+    source = "Power et al. 2022; Nanda et al. 2023; the seed lesson §12.8"
+    cost = {"smoke": "about 3 s", "small": "1-9 min on the shared 2-core CPU (2 runs of 1000 full-batch steps)",
+            "full": "2 GPU runs (p = 113)"}
+
+    def data(self, ctx: Context):
+        p = ctx.pick(11, 31, 113)
+        return modular_addition(ctx.out / f"data-mod{p}", p=p, train_fraction=0.5)
+
+    def variants(self, ctx: Context):
+        data = self.data(ctx)
+        n_train = TokenData(data, "train").n_tokens // 6
+        steps = ctx.pick(40, 1000, 20000)
+        every = max(1, steps // 30)
+        base = base_config(ctx, data, **{
+            "model.n_layer": 1, "model.n_head": 4, "model.d_model": ctx.pick(32, 64, 128), "model.block_size": 5,
+            "train.batch_size": n_train, "train.max_steps": steps, "train.eval_tokens": 0,
+            "train.eval_every": every, "train.ckpt_every": every, "train.keep": 40,
+            "optim.lr": ctx.pick(1e-3, 3e-3, 1e-3), "optim.beta2": 0.98, "optim.warmup_steps": 10,
+            "optim.schedule": "constant",
+            "optim.grad_clip": 0.0, "optim.weight_decay": 1.0})
+        return {"wd1": base, "wd0": with_changes(base, **{"optim.weight_decay": 0.0})}
+
+    def measure(self, ctx: Context, runs) -> dict:
+        out = {}
+        for name, run in runs.items():
+            cfg = run.config
+            splits = {s: ExampleSampler(TokenData(cfg.data.path, s), 5, 0) for s in ("train", "val")}
+            points = []
+            for path in run.checkpoints():
+                loaded = run.load(int(path.name.split("_")[1]))
+                acc = {s: _accuracy(loaded.model, sp) for s, sp in splits.items()}
+                norm = math.sqrt(sum(float(p.detach().pow(2).sum()) for p in loaded.model.parameters()))
+                points.append({"step": loaded.step, "train_acc": acc["train"], "val_acc": acc["val"],
+                               "weight_norm": norm})
+            out[name] = {"weight_decay": cfg.optim.weight_decay, "points": points}
+        cfg = runs["wd1"].config
+        return {"variants": out, "p": TokenData(cfg.data.path, "train").manifest["examples"]["p"],
+                "train_examples": cfg.train.batch_size, "steps": cfg.train.max_steps, "d_model": cfg.model.d_model,
+                "lr": cfg.optim.lr}
+
+    def setup(self, f: dict) -> str:
+        return (f"a + b mod {f['p']}, one token per number; half of the {f['p']}² equations train "
+                f"({f['train_examples']}, the full batch every step), half val; 1 layer x {f['d_model']}, 4 heads; "
+                f"AdamW lr {f.get('lr', 1e-3):g}, betas (0.9, 0.98), weight decay 1.0 or 0, constant LR after 10 "
+                "warmup steps, "
+                f"{f['steps']} steps; accuracy of the answer token at each checkpoint (every 1/30 of the run).")
+
+    def table(self, f: dict):
+        rows = []
+        for n, v in f["variants"].items():
+            t_mem, t_gen = _first(v["points"], "train_acc", MEMORIZED), _first(v["points"], "val_acc", GENERALIZED)
+            last = v["points"][-1]
+            rows.append([n, f"{v['weight_decay']:g}", str(t_mem or "never"), str(t_gen or "never"),
+                         last["train_acc"], last["val_acc"], last["weight_norm"]])
+        return ["run", "weight decay", f"step train acc ≥ {MEMORIZED}", f"step val acc ≥ {GENERALIZED}",
+                "final train acc", "final val acc", "final weight norm"], rows
+
+    def draw(self, f: dict, fig) -> None:
+        ax1, ax2 = fig.subplots(1, 2)
+        for n, v in f["variants"].items():
+            s = [p["step"] for p in v["points"]]
+            line, = ax1.plot(s, [p["train_acc"] for p in v["points"]], "--", label=f"{n} train")
+            ax1.plot(s, [p["val_acc"] for p in v["points"]], "-", color=line.get_color(), label=f"{n} val")
+            ax2.plot(s, [p["weight_norm"] for p in v["points"]], "o-", label=n)
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("accuracy of the answer")
+        ax1.legend()
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("weight norm (L2, all parameters)")
+        ax2.legend()
+
+    def verdict(self, f: dict) -> Verdict:
+        v = f["variants"]["wd1"]["points"]
+        t_mem, t_gen = _first(v, "train_acc", MEMORIZED), _first(v, "val_acc", GENERALIZED)
+        w0 = f["variants"]["wd0"]["points"]
+        t_gen0 = _first(w0, "val_acc", GENERALIZED)
+        rule = (f"(rule: held if with weight decay val accuracy reaches {GENERALIZED} at least {LATE:g}x later than "
+                f"train accuracy reaches {MEMORIZED})")
+        if t_mem is None:
+            return Verdict(INCONCLUSIVE, f"train accuracy never reached {MEMORIZED} (final {v[-1]['train_acc']:.3f}): "
+                           f"nothing memorized yet at this budget {rule}")
+        if t_gen is None:
+            return Verdict(INCONCLUSIVE, f"memorized by step {t_mem}, but val accuracy only reached "
+                           f"{max(p['val_acc'] for p in v):.3f} in {f['steps']} steps; grokking may come later "
+                           f"{rule}")
+        why = (f"with weight decay: memorized at step {t_mem}, generalized at step {t_gen}; without: generalized "
+               f"{'at step ' + str(t_gen0) if t_gen0 else 'never'} {rule}")
+        return Verdict(HELD if t_gen >= LATE * t_mem else NOT_HELD, why)
+
+
+def _first(points: list[dict], key: str, level: float) -> int | None:
+    return next((p["step"] for p in points if p[key] >= level), None)
+
+
+@torch.no_grad()
+def _accuracy(model, sampler: ExampleSampler) -> float:
+    x, y = sampler.rows[:, :-1], sampler.rows[:, 1:]
+    cols = sampler.keep.nonzero().flatten()
+    pred = model(x).argmax(-1)
+    return float((pred[:, cols] == y[:, cols]).float().mean())
+
+
+EXPERIMENT = Grokking()
