@@ -29,17 +29,17 @@ WORDS = ["alpha", "beta", "gamma", "delta", "count", "value", "items", "total", 
 
 
 def tiny_run(tmp: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_corpus, tiny_config
-
-    from nextoken.api import train
-    from nextoken.data.prepare import PrepareOptions, prepare
+    """A 2 x 32 model trained 30 steps on generated Python-like text: what the load is served from."""
+    from nextoken.api import build_config, prepare, train
+    from nextoken.data.synthetic import python_like
 
     data = tmp / "data"
-    prepare([str(make_corpus(tmp / "corpus"))], data, PrepareOptions(tokenizer="bytes", val_fraction=0.1,
-                                                                     progress=False), log=lambda m: None)
+    prepare([str(python_like(tmp / "corpus", n_docs=40))], data, tokenizer="bytes", val_fraction=0.1, progress=False)
+    fields = {"data.path": data, "model.n_layer": 2, "model.n_head": 2, "model.d_model": 32, "model.block_size": 32,
+              "train.max_steps": 30, "train.batch_size": 4, "train.eval_tokens": 2048, "train.threads": 1,
+              "log.progress": "off", "log.sample_tokens": 0}
     run = tmp / "runs" / "tiny"
-    train(tiny_config(data, train__max_steps=30), run, quiet=True)
+    train(build_config(overrides=[(k, str(v)) for k, v in fields.items()]), run, quiet=True)
     return run
 
 

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
 
 from nextoken.config import Config
 from nextoken.data.prepare import PrepareOptions, prepare
+from nextoken.data.synthetic import python_like
 
 
 def make_corpus(folder: Path, n_docs: int = 40, seed: int = 0) -> Path:
-    """Python-like text with structure a tiny model can learn quickly."""
-    rng = random.Random(seed)
-    names = ["alpha", "beta", "gamma", "delta", "count", "value", "items", "total", "result", "name"]
-    folder.mkdir(parents=True, exist_ok=True)
-    for d in range(n_docs):
-        lines = []
-        for _ in range(rng.randint(8, 20)):
-            a, b = rng.sample(names, 2)
-            lines.append(rng.choice([
-                f"def {a}_{b}({a}, {b}):\n    return {a} + {b}\n",
-                f"for {a} in {b}:\n    {a} += 1\n",
-                f"if {a} > {rng.randint(0, 99)}:\n    print({b})\n",
-                f"{a} = [{b} * {rng.randint(1, 9)} for {b} in range({rng.randint(2, 20)})]\n",
-            ]))
-        (folder / f"doc_{d:03d}.py").write_text("".join(lines))
-    return folder
+    """Python-like text with structure a tiny model can learn quickly (the lab's generator, 40 documents)."""
+    return python_like(folder, n_docs, seed)
 
 
 @pytest.fixture(autouse=True)
