@@ -65,7 +65,11 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = _f(3e-3, "peak learning rate")
+    name: str = _f("adamw", "optimizer: adamw, or muon (Muon for the blocks' weight matrices, AdamW for the rest)",
+                   ("adamw", "muon"))
+    lr: float = _f(3e-3, "peak learning rate (AdamW's; with optim.name muon, of the AdamW group)")
+    muon_lr: float = _f(0.02, "muon: peak learning rate of the Muon group (it follows the same schedule)")
+    muon_momentum: float = _f(0.95, "muon: momentum (Nesterov)")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay, applied to matrices only")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
@@ -303,6 +307,10 @@ def validate(cfg: Config) -> None:
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (m.vocab_size >= 0, "model.vocab_size must be >= 0"),
         (o.lr > 0, f"optim.lr must be positive (got {o.lr})"),
+        (o.muon_lr > 0 and 0 <= o.muon_momentum < 1,
+         "optim.muon_lr must be positive and optim.muon_momentum in [0, 1)"),
+        (o.name != "muon" or t.parallel != "fsdp",
+         "optim.name muon orthogonalizes whole matrices, which FSDP2 shards; use --train.parallel ddp"),
         (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 turns clipping off)"),
         (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
