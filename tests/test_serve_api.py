@@ -191,11 +191,8 @@ def test_curves_of_100k_lines_are_quick_and_small(tmp_path, served):
                                  "grad_norm": 1.0, "tokens_per_s": 1e4, "mfu": None, "elapsed_s": s / 100}) + "\n")
     c = starlette_testclient.TestClient(create_app([root]))
     c.get("/api/curves", params={"run": "root/copy"})  # the first read parses the file once
-    t0 = time.perf_counter()
     body = c.get("/api/curves", params={"run": "root/copy", "x": "time"}).json()
-    elapsed = time.perf_counter() - t0
-    assert len(body["series"]["train_loss"]["x"]) <= 2002
-    print(f"curves of 100k lines: {elapsed:.2f}s")
+    assert len(body["series"]["train_loss"]["x"]) <= 2002  # the time it takes is bench material, not a test's
 
 
 # ---- compare ----

@@ -15,6 +15,7 @@ scales by 1/sqrt(head size); LayerNorm and RMSNorm use eps 1e-5 (nextoken's only
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -84,7 +85,7 @@ def _any_nonzero(tensors) -> bool:
     return any(bool(t.any()) for t in tensors)
 
 
-class Adapter:
+class Adapter(ABC):
     architecture: str  # transformers class
     model_type: str
     layout: tuple[str, str, str]  # (model.pos, model.norm_type, model.mlp)
@@ -92,15 +93,17 @@ class Adapter:
     lm_head: str  # the untied output projection's checkpoint name
 
     # ---- nextoken -> transformers ----
+    @abstractmethod
     def config(self, m: ModelConfig) -> dict[str, Any]:
         """config.json's architecture fields (the caller adds token ids and dtype)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def layer_to_hf(self, sd: Tensors, i: int, m: ModelConfig) -> Tensors:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def outer_to_hf(self, sd: Tensors, m: ModelConfig) -> Tensors:
-        raise NotImplementedError
+        ...
 
     def to_hf(self, sd: Tensors, m: ModelConfig) -> Tensors:
         """nextoken's state dict (GPT.state_dict()) as the checkpoint names and layouts transformers loads."""
@@ -112,20 +115,22 @@ class Adapter:
         return {k: v.contiguous() for k, v in out.items()}
 
     # ---- transformers -> nextoken ----
+    @abstractmethod
     def model_config(self, hf: dict[str, Any], sd: Tensors) -> ModelConfig:
         """The ModelConfig of a transformers config (a dict) and its weights (for the biases); InteropError
         naming the option nextoken cannot represent."""
-        raise NotImplementedError
 
+    @abstractmethod
     def layer_from_hf(self, sd: Tensors, i: int, m: ModelConfig) -> Tensors:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def outer_from_hf(self, sd: Tensors, m: ModelConfig) -> Tensors:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def hf_names(self, m: ModelConfig) -> set[str]:
         """The checkpoint names `from_hf` reads (biases that may be absent included)."""
-        raise NotImplementedError
 
     def from_hf(self, sd: Tensors, m: ModelConfig) -> Tensors:
         """A transformers checkpoint's tensors (names normalized by `normalize`) as GPT's state dict."""

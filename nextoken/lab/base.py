@@ -9,6 +9,7 @@ hold no training code.
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ class Verdict:
     why: str
 
 
-class Experiment:
+class Experiment(ABC):
     """One claim, as runs, measurements, a figure and a verdict rule. Subclasses set the class attributes and
     override `variants`, `measure`, `table`, `draw` and `verdict`."""
 
@@ -55,20 +56,24 @@ class Experiment:
     def variants(self, ctx: Context) -> dict[str, Config]:
         return {}
 
+    @abstractmethod
     def measure(self, ctx: Context, runs: dict[str, Run]) -> dict:
-        raise NotImplementedError
+        ...
 
     def setup(self, figures: dict) -> str:
         return ""
 
+    @abstractmethod
     def table(self, figures: dict) -> tuple[list[str], list[list]]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def draw(self, figures: dict, fig) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def verdict(self, figures: dict) -> Verdict:
-        raise NotImplementedError
+        ...
 
 
 def text_data(ctx: Context) -> Path:
