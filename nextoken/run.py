@@ -235,6 +235,22 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+def last_per_step(rows: list[dict], kind: str) -> list[dict]:
+    """One line per step of `kind` with a loss, the last one written (a resume or rollback repeats steps)."""
+    by_step = {r["step"]: r for r in rows
+               if r.get("kind") == kind and r.get("loss") is not None and isinstance(r.get("step"), int)}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def final_eval(rows: list[dict], max_steps: int) -> dict | None:
+    """The val eval line written at step `max_steps` (a finished run's last figures), else None."""
+    found = None
+    for r in rows:
+        if r.get("kind") == "eval" and r.get("step") == max_steps and r.get("split", "val") == "val":
+            found = r
+    return found
+
+
 @dataclass
 class Loaded:
     """A model at one checkpoint, ready for inference: `model` in eval mode on its device."""
@@ -306,8 +322,7 @@ class Run:
 
     def last_per_step(self, kind: str) -> list[dict]:
         """One line per step of `kind` with a loss, the last one written (a resume or rollback repeats steps)."""
-        by_step = {r["step"]: r for r in self.metrics(kind) if r.get("loss") is not None}
-        return [by_step[s] for s in sorted(by_step)]
+        return last_per_step(self.metrics(kind), kind)
 
     @property
     def events(self) -> list[dict]:

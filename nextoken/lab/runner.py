@@ -21,11 +21,11 @@ from nextoken import nonfinite
 from nextoken.errors import NextokenError
 from nextoken.lab import get
 from nextoken.lab.base import BUDGETS, Context, Experiment, Verdict, fmt
-from nextoken.run import Run, read_metrics
+from nextoken.run import Run, final_eval, read_metrics
 
 
 def finished(run_dir: Path, max_steps: int) -> bool:
-    return any(r.get("kind") == "eval" and r.get("step") == max_steps for r in read_metrics(run_dir))
+    return final_eval(read_metrics(run_dir), max_steps) is not None
 
 
 def train_variant(cfg, run_dir: Path, log: Callable[[str], None], tag: str) -> Run:

@@ -26,7 +26,7 @@ from nextoken.config import Config, config_from_dict
 from nextoken.data.prepare import read_manifest
 from nextoken.errors import NextokenError
 from nextoken.model.counting import param_counts, training_flops_per_token
-from nextoken.run import read_metrics
+from nextoken.run import final_eval, read_metrics
 from nextoken.scaling.fit import excluded_why
 from nextoken.scaling.shapes import shape_for_params
 
@@ -130,11 +130,7 @@ def run_config(base: Config, spec: RunSpec) -> Config:
 
 def finished_result(run_dir: Path, max_steps: int) -> dict | None:
     """The final eval line of a run that reached max_steps, else None."""
-    result = None
-    for row in read_metrics(run_dir):
-        if row.get("kind") == "eval" and row.get("step") == max_steps and row.get("split") == "val":
-            result = row
-    return result
+    return final_eval(read_metrics(run_dir), max_steps)
 
 
 def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, spread: float = 16.0,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nextoken.errors import NextokenError
-from nextoken.run import Run, holds_run
+from nextoken.run import Run, final_eval, holds_run, last_per_step
 
 # Without a writer lock, a run whose metrics.jsonl changed this recently counts as running (a train line is
 # written every log_every steps; an eval of a large split can take a minute on a CPU).
@@ -159,15 +159,6 @@ class MetricsTail:
             return tail.rows, tail
 
 
-def last_per_step(rows: list[dict], kind: str) -> list[dict]:
-    """One line per step of `kind` with a loss, the last written (Run.last_per_step's rule)."""
-    by_step = {}
-    for r in rows:
-        if r.get("kind") == kind and r.get("loss") is not None:
-            by_step[r.get("step")] = r
-    return [by_step[s] for s in sorted(k for k in by_step if isinstance(k, int))]
-
-
 # ---- state -----------------------------------------------------------------------------------------
 
 def writer_alive(run: Run) -> bool | None:
@@ -211,8 +202,7 @@ def run_state(run: Run, rows: list[dict], max_steps: int, checkpoint_steps: list
     now = time.time() if now is None else now
     train = [r["step"] for r in rows if r.get("kind") == "train" and isinstance(r.get("step"), int)]
     last = train[-1] if train else 0
-    final = any(r.get("kind") == "eval" and r.get("step") == max_steps and r.get("split", "val") == "val"
-                for r in rows)
+    final = final_eval(rows, max_steps) is not None
     ckpt = max(checkpoint_steps, default=None)
     writer = writer_alive(run)
     if writer:
