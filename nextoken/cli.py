@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "CPU budgets is about as large as the differences between neighbouring sizes")
     sw.add_argument("--jobs", type=int, default=1,
                     help="runs trained at once, each in its own process at --train.threads (default 1 thread)")
+    sw.add_argument("--dial", action="store_true",
+                    help="sizes from the depth dial: every depth whose model (d_model = model.aspect_ratio x depth, "
+                    "64-wide heads) falls within the spread, at least three; fit and plan then shape by the dial")
     sw.add_argument("--preset", help="base config preset (default scaling: byte-level, 16 x 128 tokens a step)")
     sw.add_argument("--config", help="base config TOML file")
     sw.add_argument("--dry-run", action="store_true", help="print the runs and stop")
@@ -455,7 +458,8 @@ def cmd_sweep(args, extra) -> int:
     if args.data:
         cfg.data.path = args.data
     points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread,
-                   args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs, seeds=args.seeds)
+                   args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs, seeds=args.seeds,
+                   dial=args.dial)
     if args.json:
         _print_json({"sweep": str(args.out), "points": points})
     elif not args.dry_run:

@@ -48,6 +48,10 @@ class ModelConfig:
     rope_base: float = _f(10000.0, "RoPE base frequency")
     attention: str = _f("causal", "causal (each position sees those before it) or bidirectional (every position "
                         "sees all: for train.objective mlm)", ("causal", "bidirectional"))
+    depth: int = _f(0, "the depth dial: N > 0 derives n_layer, d_model, n_head, block_size, the learning rates, batch "
+                    "and steps from N (docs/dial.md); fields set explicitly still win (0: off)")
+    aspect_ratio: int = _f(64, "depth dial: d_model = aspect_ratio x depth (64: nanochat's; Kaplan et al. 2020 find "
+                           "the loss flat from about 20 to 200)")
 
     @property
     def head_dim(self) -> int:
@@ -160,11 +164,13 @@ class Config:
     def model_hash(self) -> str:
         """Hash of the fields that fix the weights' shapes: a checkpoint only loads into the same. Fields added
         after runs existed count only away from their default, so those runs keep their hash (and --resume)."""
-        fields = {k: v for k, v in dataclasses.asdict(self.model).items() if _ADDED_MODEL_FIELDS.get(k, ...) != v}
+        fields = {k: v for k, v in dataclasses.asdict(self.model).items()
+                  if _ADDED_MODEL_FIELDS.get(k, ...) != v and k not in _DIAL_FIELDS}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _ADDED_MODEL_FIELDS = {"attention": "causal"}  # field: its default (issue 13)
+_DIAL_FIELDS = {"depth", "aspect_ratio"}  # inputs of the depth dial: the shapes they derive are hashed instead
 
 
 def _toml_value(v: Any) -> str:
@@ -303,6 +309,8 @@ def validate(cfg: Config) -> None:
         (m.d_model >= 1 and m.d_model % max(m.n_head, 1) == 0,
          f"model.d_model ({m.d_model}) must be a positive multiple of model.n_head ({m.n_head})"),
         (m.block_size >= 2, "model.block_size must be >= 2"),
+        (0 <= m.depth <= 1000, f"model.depth must be in [0, 1000] (0: the dial off), got {m.depth}"),
+        (m.aspect_ratio >= 1, f"model.aspect_ratio must be >= 1, got {m.aspect_ratio}"),
         (m.pos != "rope" or (m.d_model // max(m.n_head, 1)) % 2 == 0, "model.pos rope needs an even head size"),
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (m.vocab_size >= 0, "model.vocab_size must be >= 0"),
@@ -423,17 +431,52 @@ PRESETS = {"tiny": _tiny, "small": _small, "gpt2-124m": _gpt2_124m, "scaling": _
 
 def build_config(preset: str | None = None, file: str | None = None,
                  overrides: list[tuple[str, str]] | None = None) -> Config:
-    cfg = Config()
-    if preset:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        PRESETS[preset](cfg)
-    if file:
-        apply_dict(cfg, load_toml(file), str(file))
-    for key, value in overrides or []:
-        set_field(cfg, key, value)
+    """The config of defaults < preset < `model.depth` dial < TOML file < flags. The dial (scaling/shapes.py:
+    depth_dial) derives shape, learning rates, batch and steps when the file or a flag sets model.depth or
+    model.aspect_ratio (a preset may use it too); any field the file or a flag sets itself keeps that value.
+    Raises ConfigError (one line) for an unknown preset, field or value."""
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    data = load_toml(file) if file else {}
+
+    def layers(dial: tuple[int, int] | None = None) -> Config:
+        cfg = Config()
+        if preset:
+            PRESETS[preset](cfg)
+        if dial:
+            cfg.model.depth, cfg.model.aspect_ratio = dial
+            apply_depth_dial(cfg)
+        apply_dict(cfg, data, str(file))
+        for key, value in overrides or []:
+            set_field(cfg, key, value)
+        return cfg
+
+    cfg = layers()
+    given = {f"{sec}.{k}" for sec, v in data.items() if isinstance(v, dict) for k in v}
+    given |= {k.replace("-", "_") for k, _ in overrides or []}
+    if cfg.model.depth > 0 and given & {"model.depth", "model.aspect_ratio"}:
+        cfg = layers((cfg.model.depth, cfg.model.aspect_ratio))
+        if "model.d_model" in given and "model.n_head" not in given:  # heads follow a width set by hand
+            from nextoken.scaling.shapes import heads_for
+
+            cfg.model.n_head = heads_for(cfg.model.d_model, cfg.model.pos)
     validate(cfg)
     return cfg
+
+
+def apply_depth_dial(cfg: Config) -> None:
+    """Replace the shape, learning rates, batch and steps of `cfg` by what the depth dial derives from
+    cfg.model.depth and aspect_ratio (scaling/shapes.py: depth_dial). The vocabulary, when the data will fix it
+    (model.vocab_size 0), is counted as data.vocab_size for BPE and 256 otherwise. Raises ConfigError for a depth
+    below 1."""
+    from nextoken.scaling.shapes import depth_dial
+
+    if cfg.model.depth < 1:
+        raise ConfigError(f"model.depth must be >= 1 for the depth dial, got {cfg.model.depth}")
+    given_vocab = cfg.model.vocab_size
+    vocab = given_vocab or (cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 256)
+    depth_dial(cfg.model.depth, dataclasses.replace(cfg.model, vocab_size=vocab)).apply(cfg)
+    cfg.model.vocab_size = given_vocab
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -16,7 +16,7 @@ from nextoken.errors import NextokenError
 from nextoken.hardware import PEAK_BF16, gpu_peak_bf16
 from nextoken.model.counting import flops_6nd, param_counts, training_flops_per_token
 from nextoken.scaling.laws import ParametricLaw, get_law
-from nextoken.scaling.shapes import describe, shape_for_params
+from nextoken.scaling.shapes import describe, dial_shape_for_params, shape_for_params
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def _two_given(law, exact: bool, base: ModelConfig, C: float | None, N: float | 
             N = C / (6 * D)
         else:
             D = C / (6 * N)
-        return N, D, C, shape_for_params(N, base)
+        return N, D, C, dial_shape_for_params(N, base)
     cfg = shape_for_params(N, base) if N is not None else _shape_for_flops_per_token(C / D, base)
     fpt = training_flops_per_token(cfg)
     N = param_counts_n(cfg)
@@ -231,7 +231,8 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
         if exact and params is None:
             cfg = law.optimal_shape(C)
         else:
-            cfg = shape_for_params(params if params is not None else law.optimal(C)[0], shape_base)
+            shape_of = shape_for_params if exact else dial_shape_for_params  # a published law: the depth dial's
+            cfg = shape_of(params if params is not None else law.optimal(C)[0], shape_base)
         if exact:  # the shape is the model: its own N, trained for C / its FLOPs per token
             N = param_counts_n(cfg)
             D = tokens if tokens is not None else C / training_flops_per_token(cfg)

@@ -22,13 +22,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from nextoken.config import Config, config_from_dict
+from nextoken.config import Config, ModelConfig, config_from_dict
 from nextoken.data.prepare import read_manifest
 from nextoken.errors import NextokenError
 from nextoken.model.counting import param_counts, training_flops_per_token
 from nextoken.run import final_eval, read_metrics
 from nextoken.scaling.fit import excluded_why
-from nextoken.scaling.shapes import shape_for_params
+from nextoken.scaling.shapes import MIN_LAYERS, dial_shape, shape_for_params
 
 # With the `scaling` preset on the built-in corpus (7 sizes over a factor 30, centred at 150 tokens per
 # parameter): 26 runs, 16 minutes of one quiet core, and four convex IsoFLOP profiles with their minima inside
@@ -56,9 +56,10 @@ class RunSpec:
 def _centre(budget: float, base: Config, tokens_per_param: float) -> float:
     """N with D = tokens_per_param · N under the exact FLOP count: the middle of a budget's size family."""
     lo, hi = math.log(1e2), math.log(1e13)
+    continuous = dataclasses.replace(base.model, depth=0)  # the dial's steps would make the bisection jump
     for _ in range(60):
         mid = (lo + hi) / 2
-        cfg = shape_for_params(math.exp(mid), base.model)
+        cfg = shape_for_params(math.exp(mid), continuous)
         n = param_counts(cfg).non_embedding
         if budget / training_flops_per_token(cfg) > tokens_per_param * n:
             lo = mid
@@ -69,10 +70,14 @@ def _centre(budget: float, base: Config, tokens_per_param: float) -> float:
 
 def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float = 16.0,
                tokens_per_param: float = TOKENS_PER_PARAM,
-               log: Callable[[str], None] = lambda m: None, seeds: int = 1) -> list[RunSpec]:
+               log: Callable[[str], None] = lambda m: None, seeds: int = 1, dial: bool = False) -> list[RunSpec]:
     """`sizes` shapes per budget, spaced evenly in log N over a factor `spread`, centred on 20 tokens
     per parameter (default 20); each trained for budget / its FLOPs per token, rounded to whole steps,
-    `seeds` times with different seeds (the fit then sees each size's scatter and averages it)."""
+    `seeds` times with different seeds (the fit then sees each size's scatter and averages it).
+
+    With `dial`, the sizes are the depth dial's models (shapes.dial_shape at base.model.aspect_ratio, base's
+    context): every depth whose N lies within the spread around the centre (at least the three nearest), so that
+    all shapes of the sweep share one aspect ratio and head width and only the depth moves (`sizes` unused)."""
     if seeds < 1:
         raise NextokenError(f"--seeds must be >= 1, got {seeds}")
     if sizes < 3:
@@ -88,9 +93,11 @@ def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float
             raise NextokenError(f"--budgets: every budget must be a positive number of FLOPs, got {budget:g}")
         centre = _centre(budget, base, tokens_per_param)
         seen = set()
-        for i in range(sizes):
-            target = centre * spread ** (i / (sizes - 1) - 0.5)
-            cfg = shape_for_params(target, base.model)
+        if dial:
+            shapes = _dial_family(base.model, centre, spread)
+        else:
+            shapes = [shape_for_params(centre * spread ** (i / (sizes - 1) - 0.5), base.model) for i in range(sizes)]
+        for cfg in shapes:
             counts = param_counts(cfg)
             fpt = training_flops_per_token(cfg)
             steps = round(budget / fpt / tokens_per_step)
@@ -109,6 +116,18 @@ def plan_sweep(base: Config, budgets: list[float], sizes: int = 5, spread: float
     return runs
 
 
+def _dial_family(base: ModelConfig, centre: float, spread: float) -> list[ModelConfig]:
+    """The depth dial's models with N within a factor sqrt(spread) of `centre`, or the three nearest it; never
+    fewer than MIN_LAYERS blocks (a one-layer model lies on another curve: shapes.MIN_LAYERS)."""
+    family = [dial_shape(d, base, context=False) for d in range(MIN_LAYERS, 513)]
+    distance = [abs(math.log(param_counts(m).non_embedding / centre)) for m in family]
+    inside = [m for m, x in zip(family, distance) if x <= math.log(spread) / 2]
+    if len(inside) >= 3:
+        return inside
+    nearest = sorted(range(len(family)), key=lambda i: distance[i])[:3]
+    return [family[i] for i in sorted(nearest)]
+
+
 def run_schedule(base_warmup: int, max_steps: int) -> tuple[int, int]:
     """(warmup steps, steps between checkpoints) of a run of `max_steps`: warmup at most a tenth of the run,
     four checkpoints. Also how `plan --fit` writes the command that trains its model like the sweep's."""
@@ -118,6 +137,8 @@ def run_schedule(base_warmup: int, max_steps: int) -> tuple[int, int]:
 def run_config(base: Config, spec: RunSpec) -> Config:
     cfg = copy.deepcopy(base)
     cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model = spec.n_layer, spec.n_head, spec.d_model
+    if base.model.depth > 0:  # a dial sweep: the run's own depth
+        cfg.model.depth = spec.n_layer
     cfg.train.max_steps = spec.max_steps
     cfg.train.seed = base.train.seed + spec.seed
     cfg.optim.warmup_steps, cfg.train.ckpt_every = run_schedule(base.optim.warmup_steps, spec.max_steps)
@@ -135,7 +156,7 @@ def finished_result(run_dir: Path, max_steps: int) -> dict | None:
 
 def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, spread: float = 16.0,
           tokens_per_param: float = TOKENS_PER_PARAM, log: Callable[[str], None] = print,
-          dry_run: bool = False, jobs: int = 1, seeds: int = 1) -> list[dict]:
+          dry_run: bool = False, jobs: int = 1, seeds: int = 1, dial: bool = False) -> list[dict]:
     """Train (or continue) the IsoFLOP sweep in `out`, `jobs` runs at a time; one point per run. An empty
     `base.data.path` means the built-in corpus (prepared once and cached). Raises NextokenError for bad
     arguments or a failed run (rerunning the same sweep continues it)."""
@@ -150,7 +171,9 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 5, s
     base.data.path = str(Path(base.data.path).resolve())
     manifest = read_manifest(base.data.path)
     base.model.vocab_size = base.model.vocab_size or manifest["vocab_size"]
-    specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log, seeds)
+    if dial:
+        base.model.depth = base.model.depth or 1  # marks the family: fit and plan shape by the dial too
+    specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log, seeds, dial=dial)
     if not specs:
         raise NextokenError("every run of this sweep is shorter than "
                             f"{MIN_STEPS} steps; raise --budgets or lower --train.batch_size")
