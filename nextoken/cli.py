@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "directory) with a fresh optimizer and schedule, into a new --out; the data must use its "
                          "tokenizer")
     tr.add_argument("--json", action="store_true", help="print the final figures as JSON")
+    tr.add_argument("--dry-run", action="store_true",
+                    help="print the config this command means (as TOML, with --model.depth's derived fields) and a "
+                    "summary of the run, and stop without training")
     tr.set_defaults(handler=cmd_train, config_overrides=True)  # --section.field VALUE
 
     ev = sub.add_parser("eval", help="held-out loss, perplexity, bits per byte of a checkpoint")
@@ -308,6 +311,10 @@ def cmd_train(args, extra) -> int:
 
     cfg = resolve_train_config(args.preset, args.config, parse_overrides(extra), args.data, args.out, args.resume,
                                args.init_from)
+    if args.dry_run:
+        print(cfg.to_toml())
+        _err(_run_summary(cfg))
+        return 0
     out = args.out or (None if _under_torchrun() else default_run_dir(args.preset))
     res = train(cfg, out, resume=args.resume, log=_err)  # its first line says where it trains into
     model = res.pop("model")
@@ -338,6 +345,26 @@ def cmd_train(args, extra) -> int:
     _err(f"\nplot: {png}\ncheckpoint: {res['checkpoint']}\n"
          f"next: nextoken sample {run} --prompt 'def'   |   nextoken eval {run}   |   nextoken serve {run}")
     return 0
+
+
+def _run_summary(cfg) -> str:
+    """One line on what a config trains: shape, N, tokens and FLOPs (the vocabulary as the data will fix it)."""
+    import dataclasses
+
+    from nextoken.model.counting import param_counts, training_flops_per_token
+
+    m, t = cfg.model, cfg.train
+    vocab = m.vocab_size or (cfg.data.vocab_size if cfg.data.tokenizer == "bpe" and not cfg.data.path else 0)
+    per_step = t.batch_size * t.grad_accum * m.block_size
+    line = (f"{m.n_layer} layers x {m.d_model} wide, {m.n_head} heads, context {m.block_size}; {t.max_steps:,} steps "
+            f"of {per_step:,} tokens = {t.max_steps * per_step:,} tokens; {cfg.optim.name} lr {cfg.optim.lr:.3g}"
+            + (f", muon lr {cfg.optim.muon_lr:.3g}" if cfg.optim.name == "muon" else ""))
+    if vocab:
+        shape = dataclasses.replace(m, vocab_size=vocab)
+        n = param_counts(shape).non_embedding
+        line += (f"; N {n:,} non-embedding parameters, {t.max_steps * per_step / n:.1f} tokens each, "
+                 f"{t.max_steps * per_step * training_flops_per_token(shape):.3g} FLOPs")
+    return line
 
 
 def _under_torchrun() -> bool:

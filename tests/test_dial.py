@@ -11,7 +11,13 @@ from nextoken.errors import ConfigError
 from nextoken.model.counting import param_counts, training_flops_per_token
 from nextoken.scaling.plan import plan
 from nextoken.scaling.shapes import (
-    MAX_MICRO_BATCH, deepseek_batch_tokens, deepseek_lr, depth_dial, depth_for_params, dial_shape, shape_for_params,
+    MAX_MICRO_BATCH,
+    deepseek_batch_tokens,
+    deepseek_lr,
+    depth_dial,
+    depth_for_params,
+    dial_shape,
+    shape_for_params,
 )
 from nextoken.scaling.sweep import plan_sweep
 

@@ -89,8 +89,8 @@ def dial_shape(depth: int, base: ModelConfig, context: bool = True) -> ModelConf
     `context` (else base's). The context rule keeps attention's share of the FLOPs per token near constant: its
     score and value products cost 4·n_layer·n_ctx·d_model against the weights' 24·n_layer·d_model² (Kaplan et al.
     2020, Table 1), a ratio n_ctx / (6·d_model) that stays at 1/6 as the dial turns; it gives GPT-2 small's 1024 at
-    depth 12. A width of 4 heads or more is rounded to whole heads. Everything else (vocabulary, norms, MLP, positions) comes from `base`. Raises ValueError for
-    depth < 1."""
+    depth 12. A width of 4 heads or more is rounded to whole heads. Everything else (vocabulary, norms, MLP,
+    positions) comes from `base`. Raises ValueError for depth < 1."""
     if depth < 1:
         raise ValueError(f"the depth dial needs depth >= 1, got {depth}")
     d_model = base.aspect_ratio * depth

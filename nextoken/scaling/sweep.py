@@ -121,7 +121,7 @@ def _dial_family(base: ModelConfig, centre: float, spread: float) -> list[ModelC
     fewer than MIN_LAYERS blocks (a one-layer model lies on another curve: shapes.MIN_LAYERS)."""
     family = [dial_shape(d, base, context=False) for d in range(MIN_LAYERS, 513)]
     distance = [abs(math.log(param_counts(m).non_embedding / centre)) for m in family]
-    inside = [m for m, x in zip(family, distance) if x <= math.log(spread) / 2]
+    inside = [m for m, x in zip(family, distance, strict=True) if x <= math.log(spread) / 2]
     if len(inside) >= 3:
         return inside
     nearest = sorted(range(len(family)), key=lambda i: distance[i])[:3]
