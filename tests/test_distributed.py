@@ -186,3 +186,14 @@ def test_fsdp_rollback_after_resume_restores_the_optimizer(bytes_data, tmp_path)
     got = _losses(tmp_path / "two")  # the last line of each step: after the rollback, steps 5-12 retrained
     assert sorted(got) == list(range(1, 13))
     _assert_same_curve(got, ref)
+
+
+def test_muon_under_ddp_with_accumulation_matches_one_process(bytes_data, tmp_path):
+    # DDP averages the gradients before the step, so each rank orthogonalizes the same whole matrices: two
+    # processes x 2 accumulated micro-batches follow the curve of one process x 4 (issue 14)
+    cfg = _config(bytes_data, train__batch_size=2, train__grad_accum=4, optim__name="muon", train__max_steps=6)
+    train(cfg, tmp_path / "one", quiet=True)
+    _torchrun(2, _write(cfg, tmp_path / "muon.toml"), tmp_path / "two")
+    got, ref = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert sorted(got) == list(range(1, 7))
+    _assert_same_curve(got, ref)
