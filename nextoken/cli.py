@@ -357,8 +357,9 @@ def _run_summary(cfg) -> str:
     vocab = m.vocab_size or (cfg.data.vocab_size if cfg.data.tokenizer == "bpe" and not cfg.data.path else 0)
     per_step = t.batch_size * t.grad_accum * m.block_size
     line = (f"{m.n_layer} layers x {m.d_model} wide, {m.n_head} heads, context {m.block_size}; {t.max_steps:,} steps "
-            f"of {per_step:,} tokens = {t.max_steps * per_step:,} tokens; {cfg.optim.name} lr {cfg.optim.lr:.3g}"
-            + (f", muon lr {cfg.optim.muon_lr:.3g}" if cfg.optim.name == "muon" else ""))
+            f"of {per_step:,} tokens = {t.max_steps * per_step:,} tokens; "
+            + (f"Muon lr {cfg.optim.muon_lr:.3g} + AdamW lr {cfg.optim.lr:.3g}" if cfg.optim.name == "muon"
+               else f"AdamW lr {cfg.optim.lr:.3g}"))
     if vocab:
         shape = dataclasses.replace(m, vocab_size=vocab)
         n = param_counts(shape).non_embedding

@@ -67,19 +67,25 @@ def test_depth_dial_derives_budget_batch_and_learning_rates():
 
 
 def test_build_config_applies_the_dial_under_explicit_fields():
+    # tiny is itself the dial at depth 4, aspect ratio 32, with its own pins
+    tiny = build_config("tiny")
+    assert (tiny.model.depth, tiny.model.n_layer, tiny.model.d_model, tiny.model.n_head) == (4, 4, 128, 2)
+    assert (tiny.train.max_steps, tiny.optim.name, tiny.optim.muon_lr) == (1500, "muon", 0.04)
     cfg = build_config("tiny", None, [("model.depth", "6")])
-    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.block_size) == (6, 384, 6, 512)
-    assert cfg.model.pos == "rope"  # the preset's other fields stay
-    run = depth_dial(6, ModelConfig(vocab_size=4096, pos="rope"))
-    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.optim.lr) == (run.max_steps, run.batch_size, run.lr)
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.block_size) == (6, 192, 3, 256)
+    assert cfg.model.pos == "rope" and cfg.optim.name == "muon"  # the preset's other choices stay
+    run = depth_dial(6, ModelConfig(vocab_size=4096, pos="rope", aspect_ratio=32))
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.optim.lr, cfg.optim.muon_lr) == (
+        run.max_steps, run.batch_size, run.lr, 0.02)  # the dial's, not tiny's pins
     assert cfg.model.vocab_size == 0  # still taken from the data
+    wide = build_config("tiny", None, [("model.depth", "6"), ("model.aspect_ratio", "64")])
+    assert (wide.model.d_model, wide.model.n_head, wide.model.block_size) == (384, 6, 512)
     pinned = build_config("tiny", None, [("model.d_model", "256"), ("model.depth", "6"),
                                          ("train.max_steps", "10"), ("optim.lr", "1e-3")])
-    assert (pinned.model.n_layer, pinned.model.d_model, pinned.train.max_steps, pinned.optim.lr) == (6, 256, 10, 1e-3)
-    wider = build_config("tiny", None, [("model.depth", "4"), ("model.aspect_ratio", "32")])
-    assert (wider.model.d_model, wider.model.n_head, wider.model.block_size) == (128, 2, 128)
-    assert build_config("tiny").model.depth == 0 or build_config("tiny").model.n_layer == build_config(
-        "tiny").model.depth
+    assert (pinned.model.n_layer, pinned.model.d_model, pinned.model.n_head) == (6, 256, 4)  # heads follow
+    assert (pinned.train.max_steps, pinned.optim.lr) == (10, 1e-3)
+    plain = build_config(None, None, [("model.depth", "2")])
+    assert (plain.model.n_layer, plain.model.d_model, plain.optim.name) == (2, 128, "adamw")
     for bad in ("-1", "x"):
         with pytest.raises(ConfigError):
             build_config("tiny", None, [("model.depth", bad)])
