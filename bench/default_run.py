@@ -25,7 +25,7 @@ from pathlib import Path
 # The `tiny` preset before issue 14 (docs/LOG.md, 2026-11-25): AdamW at 3e-3, 4 x 128 with 4 heads of 32.
 PREVIOUS = ("--optim.name adamw --optim.lr 3e-3 --optim.schedule cosine --optim.warmup_steps 50 "
             "--model.n_layer 4 --model.n_head 4 --model.d_model 128 --model.block_size 128 --model.depth 0 "
-            "--train.batch_size 16 --train.max_steps 1500 --data.vocab_size 4096")
+            "--train.batch_size 16 --train.max_steps 1500 --train.eval_every 300 --data.vocab_size 4096")
 
 
 def heldout_data(tokenizer: Path, out: Path) -> Path:

@@ -70,7 +70,7 @@ def test_build_config_applies_the_dial_under_explicit_fields():
     # tiny is itself the dial at depth 4, aspect ratio 32, with its own pins
     tiny = build_config("tiny")
     assert (tiny.model.depth, tiny.model.n_layer, tiny.model.d_model, tiny.model.n_head) == (4, 4, 128, 2)
-    assert (tiny.train.max_steps, tiny.optim.name, tiny.optim.muon_lr) == (1500, "muon", 0.04)
+    assert (tiny.train.max_steps, tiny.optim.name, tiny.optim.muon_lr) == (1400, "muon", 0.04)
     cfg = build_config("tiny", None, [("model.depth", "6")])
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.block_size) == (6, 192, 3, 256)
     assert cfg.model.pos == "rope" and cfg.optim.name == "muon"  # the preset's other choices stay
