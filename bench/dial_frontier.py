@@ -23,7 +23,7 @@ from nextoken.scaling.shapes import dial_shape
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("fit", help="a sweep directory or its fit.json (from `nextoken fit`)")
-    p.add_argument("--depths", default="2,3,4,5,6,8", help="comma-separated dial depths")
+    p.add_argument("--depths", default="2,3,4,5,6,8", help="comma-separated dial depths (default 2,3,4,5,6,8)")
     p.add_argument("--tokens-per-param", type=float, default=20.0, help="the budget rule checked (default 20)")
     p.add_argument("--aspect-ratio", type=int, help="default: the fit's base model's")
     args = p.parse_args()

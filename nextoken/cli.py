@@ -64,8 +64,9 @@ def _numbers(s: str) -> list[float]:
 def _train_epilog() -> str:
     from nextoken.config import PRESETS, field_docs
 
-    lines = ["config fields (set as --section.field VALUE; precedence: preset < --config file < flags); the values",
-             "shown are the tiny preset's, which `nextoken train` uses without --preset:"]
+    lines = ["config fields (set as --section.field VALUE; precedence: preset < the depth dial, when --model.depth or",
+             "--model.aspect_ratio is given < --config file < flags); the values shown are the tiny preset's, which",
+             "`nextoken train` uses without --preset (itself the dial at depth 4, aspect ratio 32, with its own pins):"]
     docs = field_docs("tiny")
     width = max(len(name) for name, *_ in docs)
     for name, typ, default, help_ in docs:
@@ -356,7 +357,8 @@ def _run_summary(cfg) -> str:
     m, t = cfg.model, cfg.train
     vocab = m.vocab_size or (cfg.data.vocab_size if cfg.data.tokenizer == "bpe" and not cfg.data.path else 0)
     per_step = t.batch_size * t.grad_accum * m.block_size
-    line = (f"{m.n_layer} layers x {m.d_model} wide, {m.n_head} heads, context {m.block_size}; {t.max_steps:,} steps "
+    line = (f"{m.n_layer} layer{'s' * (m.n_layer != 1)} x {m.d_model} wide, {m.n_head} head{'s' * (m.n_head != 1)}, "
+            f"context {m.block_size}; {t.max_steps:,} steps "
             f"of {per_step:,} tokens = {t.max_steps * per_step:,} tokens; "
             + (f"Muon lr {cfg.optim.muon_lr:.3g} + AdamW lr {cfg.optim.lr:.3g}" if cfg.optim.name == "muon"
                else f"AdamW lr {cfg.optim.lr:.3g}"))

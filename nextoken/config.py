@@ -48,8 +48,9 @@ class ModelConfig:
     rope_base: float = _f(10000.0, "RoPE base frequency")
     attention: str = _f("causal", "causal (each position sees those before it) or bidirectional (every position "
                         "sees all: for train.objective mlm)", ("causal", "bidirectional"))
-    depth: int = _f(0, "the depth dial: N > 0 derives n_layer, d_model, n_head, block_size, the learning rates, batch "
-                    "and steps from N (docs/dial.md); fields set explicitly still win (0: off)")
+    depth: int = _f(0, "the depth dial: setting it (or aspect_ratio) derives n_layer, d_model, n_head, block_size, the "
+                    "learning rates, batch and steps from it, replacing the preset's (docs/dial.md); fields set "
+                    "explicitly still win (0: off)")
     aspect_ratio: int = _f(64, "depth dial: d_model = aspect_ratio x depth (64: nanochat's; Kaplan et al. 2020 find "
                            "the loss flat from about 20 to 200)")
 
@@ -310,7 +311,7 @@ def validate(cfg: Config) -> None:
          f"model.d_model ({m.d_model}) must be a positive multiple of model.n_head ({m.n_head})"),
         (m.block_size >= 2, "model.block_size must be >= 2"),
         (0 <= m.depth <= 1000, f"model.depth must be in [0, 1000] (0: the dial off), got {m.depth}"),
-        (m.aspect_ratio >= 1, f"model.aspect_ratio must be >= 1, got {m.aspect_ratio}"),
+        (4 <= m.aspect_ratio <= 1024, f"model.aspect_ratio must be in [4, 1024], got {m.aspect_ratio}"),
         (m.pos != "rope" or (m.d_model // max(m.n_head, 1)) % 2 == 0, "model.pos rope needs an even head size"),
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (m.vocab_size >= 0, "model.vocab_size must be >= 0"),
@@ -442,13 +443,14 @@ def build_config(preset: str | None = None, file: str | None = None,
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     data = load_toml(file) if file else {}
 
-    def layers(dial: tuple[int, int] | None = None) -> Config:
+    def layers(dial=None) -> Config:
         cfg = Config()
         if preset:
             PRESETS[preset](cfg)
-        if dial:
-            cfg.model.depth, cfg.model.aspect_ratio = dial
-            apply_depth_dial(cfg)
+        if dial is not None:
+            given_vocab = cfg.model.vocab_size
+            dial.apply(cfg)
+            cfg.model.vocab_size = given_vocab
         apply_dict(cfg, data, str(file))
         for key, value in overrides or []:
             set_field(cfg, key, value)
@@ -458,7 +460,8 @@ def build_config(preset: str | None = None, file: str | None = None,
     given = {f"{sec}.{k}" for sec, v in data.items() if isinstance(v, dict) for k in v}
     given |= {k.replace("-", "_") for k, _ in overrides or []}
     if cfg.model.depth > 0 and given & {"model.depth", "model.aspect_ratio"}:
-        cfg = layers((cfg.model.depth, cfg.model.aspect_ratio))
+        # derived from the config as given (its vocabulary, positions, MLP...), then file and flags on top
+        cfg = layers(_dial_of(cfg))
         if "model.d_model" in given and "model.n_head" not in given:  # heads follow a width set by hand
             from nextoken.scaling.shapes import heads_for
 
@@ -467,18 +470,28 @@ def build_config(preset: str | None = None, file: str | None = None,
     return cfg
 
 
-def apply_depth_dial(cfg: Config) -> None:
-    """Replace the shape, learning rates, batch and steps of `cfg` by what the depth dial derives from
-    cfg.model.depth and aspect_ratio (scaling/shapes.py: depth_dial). The vocabulary, when the data will fix it
-    (model.vocab_size 0), is counted as data.vocab_size for BPE and 256 otherwise. Raises ConfigError for a depth
-    below 1."""
+def _dial_of(cfg: Config):
+    """What the depth dial derives from cfg.model.depth and aspect_ratio and the rest of cfg.model, the
+    vocabulary counted as the data will fix it when model.vocab_size is 0 (data.vocab_size for BPE, 256
+    otherwise). Raises ConfigError for a depth or aspect ratio out of range."""
     from nextoken.scaling.shapes import depth_dial
 
-    if cfg.model.depth < 1:
-        raise ConfigError(f"model.depth must be >= 1 for the depth dial, got {cfg.model.depth}")
+    m = cfg.model
+    if not 1 <= m.depth <= 1000:
+        raise ConfigError(f"model.depth must be in [1, 1000] for the depth dial, got {m.depth}")
+    if not 4 <= m.aspect_ratio <= 1024:
+        raise ConfigError(f"model.aspect_ratio must be in [4, 1024] (d_model per layer; 64 is nanochat's), "
+                          f"got {m.aspect_ratio}")
+    vocab = m.vocab_size or (cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 256)
+    return depth_dial(m.depth, dataclasses.replace(m, vocab_size=vocab))
+
+
+def apply_depth_dial(cfg: Config) -> None:
+    """Replace the shape, learning rates, batch and steps of `cfg` by what the depth dial derives from
+    cfg.model.depth and aspect_ratio (scaling/shapes.py: depth_dial); model.vocab_size stays as it was. Raises
+    ConfigError for a depth or aspect ratio out of range."""
     given_vocab = cfg.model.vocab_size
-    vocab = given_vocab or (cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else 256)
-    depth_dial(cfg.model.depth, dataclasses.replace(cfg.model, vocab_size=vocab)).apply(cfg)
+    _dial_of(cfg).apply(cfg)
     cfg.model.vocab_size = given_vocab
 
 

@@ -118,3 +118,23 @@ def test_a_dial_sweep_moves_only_the_depth(bytes_data):
     # a base of the dial's family shapes by the dial: what fit and plan use for a dial sweep
     m = shape_for_params(100_000, cfg.model)
     assert m.d_model == 12 * m.n_layer and m.block_size == 32
+
+
+def test_the_dial_derives_from_the_config_as_given():
+    # the vocabulary (and anything else the FLOPs depend on) is the one the flags set, not the preset's
+    cfg = build_config("tiny", None, [("model.depth", "2"), ("model.aspect_ratio", "64"),
+                                      ("model.vocab_size", "50257")])
+    run = depth_dial(2, ModelConfig(vocab_size=50257, pos="rope"))
+    assert (cfg.train.max_steps, cfg.train.batch_size * cfg.train.grad_accum, cfg.optim.lr) == (
+        run.max_steps, run.batch_size * run.grad_accum, run.lr)
+    assert cfg.model.vocab_size == 50257
+
+
+@pytest.mark.parametrize("flags", [["--model.aspect_ratio", "0"], ["--model.aspect_ratio", "3"],
+                                   ["--model.aspect_ratio", "100000"], ["--model.depth", "-2"]])
+def test_bad_dial_values_are_one_line_errors(flags, capsys):
+    from nextoken.cli import main
+
+    assert main(["train", "--model.depth", "4", *flags, "--dry-run"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "Traceback" not in err[0]

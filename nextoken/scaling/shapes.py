@@ -61,7 +61,7 @@ def heads_for(d_model: int, pos: str) -> int:
 
 def _heads(d_model: int, pos: str, head_size: int = HEAD_SIZE) -> int:
     n_head = max(1, round(d_model / head_size))
-    while d_model % n_head or (pos == "rope" and (d_model // n_head) % 2):
+    while n_head > 1 and (d_model % n_head or (pos == "rope" and (d_model // n_head) % 2)):
         n_head -= 1
     return n_head
 
