@@ -448,9 +448,7 @@ def build_config(preset: str | None = None, file: str | None = None,
         if preset:
             PRESETS[preset](cfg)
         if dial is not None:
-            given_vocab = cfg.model.vocab_size
             dial.apply(cfg)
-            cfg.model.vocab_size = given_vocab
         apply_dict(cfg, data, str(file))
         for key, value in overrides or []:
             set_field(cfg, key, value)
@@ -490,9 +488,7 @@ def apply_depth_dial(cfg: Config) -> None:
     """Replace the shape, learning rates, batch and steps of `cfg` by what the depth dial derives from
     cfg.model.depth and aspect_ratio (scaling/shapes.py: depth_dial); model.vocab_size stays as it was. Raises
     ConfigError for a depth or aspect ratio out of range."""
-    given_vocab = cfg.model.vocab_size
     _dial_of(cfg).apply(cfg)
-    cfg.model.vocab_size = given_vocab
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

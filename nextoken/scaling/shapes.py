@@ -96,7 +96,7 @@ def dial_shape(depth: int, base: ModelConfig, context: bool = True) -> ModelConf
     d_model = base.aspect_ratio * depth
     head = WIDE_HEAD_SIZE if d_model >= 2048 else HEAD_SIZE
     if d_model >= 4 * head:  # whole heads (narrower models keep aspect x depth and take a divisor as heads)
-        d_model = max(head, round(d_model / head) * head)
+        d_model = round(d_model / head) * head
     block = base.block_size
     if context:
         block = int(min(MAX_CONTEXT, max(64, 2 ** round(math.log2(d_model)))))
@@ -135,7 +135,8 @@ def deepseek_lr(flops: float) -> float:
 
 @dataclass(frozen=True)
 class DialRun:
-    """What the depth dial derives; `apply` writes it into a Config."""
+    """What the depth dial derives; `apply` writes it into a Config (whose model.vocab_size stays: 0 means the
+    data fixes it)."""
     model: ModelConfig
     params: int  # non-embedding N
     tokens: int  # D, the token budget: steps x tokens per step
@@ -147,7 +148,7 @@ class DialRun:
     max_steps: int
 
     def apply(self, cfg: Config) -> None:
-        cfg.model = dataclasses.replace(self.model)
+        cfg.model = dataclasses.replace(self.model, vocab_size=cfg.model.vocab_size)
         cfg.optim.lr, cfg.optim.muon_lr = self.lr, self.muon_lr
         cfg.train.batch_size, cfg.train.grad_accum, cfg.train.max_steps = (self.batch_size, self.grad_accum,
                                                                           self.max_steps)
@@ -170,11 +171,10 @@ def depth_dial(depth: int, base: ModelConfig, tokens_per_param: float = DIAL_TOK
         raise ValueError(f"tokens per parameter must be positive, got {tokens_per_param}")
     model = dial_shape(depth, base)
     n = param_counts(model).non_embedding
-    tokens = tokens_per_param * n
-    flops = tokens * training_flops_per_token(model)
+    fpt = training_flops_per_token(model)
+    flops = tokens_per_param * n * fpt  # the budget's C, from which batch and LR follow
     seqs = max(1, 2 ** round(math.log2(max(1.0, deepseek_batch_tokens(flops) / model.block_size))))
     micro = min(seqs, MAX_MICRO_BATCH)
-    accum = seqs // micro
-    steps = max(1, round(tokens / (seqs * model.block_size)))
-    return DialRun(model, n, steps * seqs * model.block_size, steps * seqs * model.block_size *
-                   training_flops_per_token(model), deepseek_lr(flops), MUON_LR, micro, accum, steps)
+    steps = max(1, round(tokens_per_param * n / (seqs * model.block_size)))
+    tokens = steps * seqs * model.block_size
+    return DialRun(model, n, tokens, tokens * fpt, deepseek_lr(flops), MUON_LR, micro, seqs // micro, steps)
