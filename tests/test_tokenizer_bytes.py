@@ -5,6 +5,7 @@ them over its targets. Each tokenizer family is built here with `tokenizers`; no
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -178,3 +179,54 @@ def test_byte_counts_too_large_for_their_dtype_are_spread_with_the_same_sum():
     assert fitted.sum() == counts.sum() and fitted.max() <= np.iinfo(np.uint16).max
     with pytest.raises(DataError, match="drops most of the text"):
         _fit_counts(np.array([10**6, 0], dtype=np.int64))
+
+
+def test_a_window_cutting_a_byte_fallback_character_counts_the_bytes_of_its_own_targets(tmp_path):
+    """Issue 23: a character split over several <0xNN> pieces had all its bytes on the first piece (and the
+    prepended "▁" took them before that), so a window starting or ending inside it counted the wrong bytes.
+    Each piece now stands for its one byte: every window of a partial evaluation counts exactly the bytes of
+    its targets, and the windows of the whole split still add up to the split's bytes."""
+    tok = llama()
+    path = tmp_path / "llama.json"
+    tok.save(str(path))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc_{i}.txt").write_text("é日🐕ü" * (20 + i) + " x", encoding="utf-8")
+    prepare([str(corpus)], tmp_path / "d", PrepareOptions(tokenizer=str(path), val_fraction=0.5, progress=False),
+            log=lambda m: None)
+    tok = load_tokenizer(tmp_path / "d" / "tokenizer.json")
+    fallback = np.array([bool(re.fullmatch(r"<0x[0-9A-F]{2}>", tok.id_to_token(i) or ""))
+                         for i in range(tok.get_vocab_size())])
+    val = TokenData(tmp_path / "d", "val")
+    (counts,) = open_byte_counts(tmp_path / "d", "val")
+    ids = np.asarray(val.shards[0])
+    assert (counts[fallback[ids]] == 1).all()  # one byte per <0xNN> piece, the "▁" before them none
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=7, vocab_size=tok.get_vocab_size()))
+    table = token_byte_lengths(tok)
+    whole = evaluate(model, val, 7, table)
+    n_windows = whole["eval_tokens"] // 7
+    for w in range(n_windows):  # each window alone: its targets are positions 7w+1 .. 7w+7
+        y = ids[7 * w + 1:7 * w + 8]
+        true_bytes = int(fallback[y].sum()) + 2 * int((y == tok.token_to_id("▁x")).sum())  # "▁" and "</s>": 0
+        counted = int(counts[7 * w + 1:7 * w + 8].sum())
+        assert counted == true_bytes, w
+    assert whole["eval_bytes"] == int(counts[1:n_windows * 7 + 1].sum())
+
+
+def test_byte_fallback_data_prepared_before_the_spread_still_evaluates_with_a_warning(tmp_path):
+    tok = llama()
+    tok.save(str(tmp_path / "llama.json"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc_{i}.txt").write_text("é日" * 30 + " x", encoding="utf-8")
+    prepare([str(corpus)], tmp_path / "d", PrepareOptions(tokenizer=str(tmp_path / "llama.json"), val_fraction=0.5,
+                                                         progress=False), log=lambda m: None)
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    del manifest["byte_counts_version"]
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps(manifest))
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=manifest["vocab_size"]))
+    table = token_byte_lengths(load_tokenizer(tmp_path / "d" / "tokenizer.json"))
+    with pytest.warns(UserWarning, match="prepare the data again"):
+        evaluate(model, TokenData(tmp_path / "d", "val"), 8, table, max_tokens=16)

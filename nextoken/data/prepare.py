@@ -46,6 +46,9 @@ from nextoken.errors import DataError
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 BYTES_DTYPE = np.dtype(np.uint16)  # bytes per token position; larger counts are spread (_fit_counts)
+# 2: a byte-fallback piece <0xNN> counts its one byte (tokenizer._spread_byte_pieces); data without the key gave a
+# character's bytes to its first position, exact for a whole split but not for a window cutting the character.
+BYTE_COUNTS_VERSION = 2
 
 
 @dataclass
@@ -198,6 +201,7 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
             "utf8_replacements": stats.replaced,
             "val_fraction": opt.val_fraction,
             "byte_dtype": BYTES_DTYPE.name,
+            "byte_counts_version": BYTE_COUNTS_VERSION,
             "splits": {s: {"tokens": w.tokens, "bytes": w.bytes, "documents": w.documents, "shards": w.shards,
                            "byte_shards": w.byte_shards}
                        for s, w in writers.items()},

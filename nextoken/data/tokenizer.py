@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -142,12 +143,14 @@ def encode_documents(tok: Tokenizer, docs: Sequence[str], token_bytes: np.ndarra
     exact = (np.add.reduceat(counts, first) == doc_bytes) & (np.minimum.reduceat(counts, first) >= 0)
     if not exact.all():  # ~2x the encoding time, so only where the ids do not say the bytes
         redo = np.flatnonzero(~exact)
-        counts[np.repeat(~exact, n)] = _offset_byte_counts([encs[i] for i in redo], [docs[i] for i in redo])
+        counts[np.repeat(~exact, n)] = _offset_byte_counts([encs[i] for i in redo], [docs[i] for i in redo],
+                                                           byte_fallback_pieces(tok))
     return ids, counts
 
 
-def _offset_byte_counts(encs: list, docs: list[str]) -> np.ndarray:
-    """Bytes per position (the separator after each document included) from the token offsets."""
+def _offset_byte_counts(encs: list, docs: list[str], fallback: np.ndarray) -> np.ndarray:
+    """Bytes per position (the separator after each document included) from the token offsets, then spread
+    over the byte-fallback pieces of a character (_spread_byte_pieces)."""
     n = np.fromiter((len(e.ids) + 1 for e in encs), np.int64, len(encs))
     # End of each position in characters of its document (the separator ends at the document's end),
     # then in characters of the documents laid end to end.
@@ -162,7 +165,47 @@ def _offset_byte_counts(encs: list, docs: list[str]) -> np.ndarray:
         cp = np.frombuffer(text.encode("utf-32-le"), np.uint32)
         utf8_len = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
         ends = np.concatenate([[0], np.cumsum(utf8_len)])[ends]
-    return np.diff(ends, prepend=0)
+    counts = np.diff(ends, prepend=0)
+    if not fallback.any():
+        return counts
+    ids = np.fromiter(itertools.chain.from_iterable(itertools.chain(e.ids, (-1,)) for e in encs), np.int64, n.sum())
+    spans = np.fromiter(itertools.chain.from_iterable(
+        itertools.chain(itertools.chain.from_iterable(e.offsets), (-1, -1)) for e in encs), np.int64, 2 * n.sum())
+    return _spread_byte_pieces(counts, np.where(ids >= 0, fallback[np.maximum(ids, 0)], False), spans.reshape(-1, 2))
+
+
+def _spread_byte_pieces(counts: np.ndarray, is_piece: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """A character outside a byte-fallback vocabulary becomes one <0xNN> piece per UTF-8 byte, all with the
+    character's offsets, so the offsets give its bytes to the first position of that span (a prepended "▁"
+    included) and 0 to the rest; a window cutting the character then counts bytes that are not its targets'.
+    Within each run of positions sharing one span, each piece gets its one byte and what is left of the span's
+    bytes (the non-piece positions' share: a "▁" the normalizer prepended stands for none) goes to the first
+    non-piece position. Sums per span are unchanged."""
+    new_run = np.ones(len(counts), dtype=bool)
+    new_run[1:] = (spans[1:] != spans[:-1]).any(axis=1) | (spans[1:, 0] < 0)
+    run = np.cumsum(new_run) - 1
+    total = np.bincount(run, weights=counts).astype(np.int64)
+    pieces = np.bincount(run, weights=is_piece).astype(np.int64)
+    fits = (pieces > 0) & (pieces <= total)
+    at = fits[run]
+    out = counts.copy()
+    out[at] = is_piece[at]
+    # the rest of each run's bytes: to its first non-piece position, or its first position if all are pieces
+    first = np.flatnonzero(new_run)
+    receiver = first.copy()
+    others = np.flatnonzero(~is_piece)
+    runs_with_other, where = np.unique(run[others], return_index=True)
+    receiver[runs_with_other] = others[where]
+    out[receiver[fits]] += total[fits] - pieces[fits]
+    return out
+
+
+def byte_fallback_pieces(tok: Tokenizer) -> np.ndarray:
+    """Which ids are byte-fallback pieces <0x00>..<0xFF> (Llama 2, SentencePiece): one UTF-8 byte each."""
+    n = tok.get_vocab_size(with_added_tokens=True)
+    if not getattr(tok.model, "byte_fallback", False):
+        return np.zeros(n, dtype=bool)
+    return np.array([re.fullmatch(r"<0x[0-9A-F]{2}>", tok.id_to_token(i) or "") is not None for i in range(n)])
 
 
 def token_byte_lengths(tok: Tokenizer) -> np.ndarray:

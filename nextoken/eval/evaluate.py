@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -48,6 +49,11 @@ def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_byt
             raise DataError(f"the byte shards of {data.dir}/{data.split} do not match its token shards; "
                             "prepare the data again")
         # The byte counts are laid out as the tokens, so the same windows over them give each target's bytes.
+        if (data.manifest.get("byte_counts_version", 1) < 2 and (token_bytes < 0).any() and max_tokens
+                and max_tokens < data.n_tokens):
+            warnings.warn(f"{data.dir} was prepared before nextoken counted a byte-fallback piece as one byte: "
+                          "bits per byte of a partial evaluation may be off by a few bytes where a window cuts a "
+                          "character; prepare the data again for the exact figure", stacklevel=2)
         layout = copy.copy(data)
         layout.shards = counts
         target_bytes = (y for _, y in eval_windows(layout, block_size, max_tokens))
