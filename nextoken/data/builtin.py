@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from nextoken.atomic import locked
 from nextoken.data.prepare import PrepareOptions, prepare
 from nextoken.data.sources import stdlib_files
 from nextoken.errors import DataError
@@ -29,8 +30,12 @@ def stdlib_data(tokenizer: str = "bpe", vocab_size: int = 4096, log=None) -> Pat
             raise DataError(f"data.tokenizer {tokenizer} does not exist; use bpe, bytes or a tokenizer.json path")
         tag = "tok" + hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()[:10]
     out = cache_root() / f"stdlib-py{sys.version_info.major}{sys.version_info.minor}-{tag}-{digest}"
-    if not (out / "manifest.json").is_file():
-        if log:
-            log(f"preparing the built-in corpus (Python {sys.version.split()[0]} standard library) into {out}")
-        prepare(["stdlib"], out, PrepareOptions(tokenizer=tokenizer, vocab_size=vocab_size, force=True), log=log)
+    if (out / "manifest.json").is_file():
+        return out
+    # Two first runs at once: one prepares, the other waits on the lock and then finds the manifest.
+    with locked(out.parent / f".{out.name}.lock"):
+        if not (out / "manifest.json").is_file():
+            if log:
+                log(f"preparing the built-in corpus (Python {sys.version.split()[0]} standard library) into {out}")
+            prepare(["stdlib"], out, PrepareOptions(tokenizer=tokenizer, vocab_size=vocab_size, force=True), log=log)
     return out
