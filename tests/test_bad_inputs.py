@@ -82,6 +82,16 @@ def _ascii_only_tokenizer(c: Ctx) -> list[str]:
     return ["next", str(run), "--prompt", "€€∑"]
 
 
+def _resume_other_tokenizer(c: Ctx) -> list[str]:
+    """Data prepared with another tokenizer of the same size (issue 23: the loss rose without a word)."""
+    other = c.tmp / "other-data"
+    shutil.copytree(c.data, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer_hash"] = "0" * 16
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    return ["train", "--out", str(c.run_copy()), "--resume", "--data", str(other), "--train.max_steps", "6"]
+
+
 def _metrics_without_steps(c: Ctx) -> list[str]:
     c.file("r/metrics.jsonl", json.dumps({"kind": "event", "step": 0, "type": "resume", "detail": ""}) + "\n")
     return ["plot", str(c.tmp / "r")]
@@ -128,6 +138,7 @@ CASES = [
     ("resume-nothing", lambda c: ["train", "--out", c.dir("fresh"), "--resume"], "no checkpoint to resume"),
     ("resume-other-architecture", lambda c: ["train", "--out", str(c.run), "--resume", "--model.n_layer", "3"],
      "different model config"),
+    ("resume-other-tokenizer", _resume_other_tokenizer, "another tokenizer"),
     ("config-file-missing", lambda c: ["train", "--config", str(c.tmp / "none.toml")], "does not exist"),
     ("config-file-not-toml", lambda c: ["train", "--config", c.file("bad.toml", "[model\nn_layer = 2")],
      "not valid TOML"),

@@ -13,7 +13,7 @@ from nextoken import checkpoint as ckpt
 from nextoken.config import Config
 from nextoken.data.loader import TokenData, make_sampler
 from nextoken.data.prefetch import DeviceBatches
-from nextoken.data.prepare import read_manifest
+from nextoken.data.prepare import check_tokenizer, read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
 from nextoken.device import Runtime, make_runtime
 from nextoken.errors import CheckpointError, ConfigError, NextokenError
@@ -237,6 +237,9 @@ def _rollback(guard: Guard, state: TrainState, step: int, run_dir: Path, model, 
 
 def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard) -> TrainState:
     check_resumable(run_dir)
+    if (run_dir / "tokenizer.json").is_file():  # the data must mean the ids the run was trained on
+        check_tokenizer(cfg.data.path, load_tokenizer(run_dir / "tokenizer.json"), str(run_dir),
+                        f"{run_dir}/tokenizer.json")
     path = ckpt.latest_checkpoint(run_dir)
     if path is None:  # killed before its first checkpoint: start it again from step 0
         return TrainState()
