@@ -6,6 +6,7 @@ import math
 import os
 import random
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -165,6 +166,52 @@ def test_full_disk_while_checkpointing_is_a_clear_error_and_the_previous_checkpo
     assert not list((run / "checkpoints").glob(".tmp-*"))
     loaded = Run(run).load()
     assert loaded.checkpoint.name == "step_00000010" and loaded.trainer["step"] == 10
+
+
+def test_safetensors_own_full_disk_error_is_the_same_clear_error_and_leaves_no_partial_directory(
+        bytes_data, tmp_path, monkeypatch):
+    """Issue 23: safetensors reports ENOSPC as its SafetensorError, not an OSError (a traceback came out, and
+    the partial .tmp-step_* stayed on the full disk)."""
+    from safetensors import SafetensorError
+
+    real, calls = single.save_file, []
+
+    def save_file(tensors, path, *a, **kw):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as fh:
+                fh.write(b"\0" * 100)
+            raise SafetensorError(f"Error while serializing: I/O error: No space left on device (os error 28) at "
+                                  f"path \"{path}\"")
+        return real(tensors, path, *a, **kw)
+
+    monkeypatch.setattr(single, "save_file", save_file)
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="disk is full.*previous checkpoint is intact"):
+        train(tiny_config(bytes_data), run, quiet=True)
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert Run(run).load().trainer["step"] == 10
+
+
+def test_dcp_full_disk_error_is_the_clear_error_and_leaves_no_partial_directory(tmp_path, monkeypatch):
+    """torch.distributed.checkpoint gathers each rank's failure into a CheckpointException (a BaseException)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    def full(state, checkpoint_id):
+        os.makedirs(checkpoint_id)
+        (Path(checkpoint_id) / "__0_0.distcp").write_bytes(b"\0" * 100)
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), checkpoint_id)
+        except OSError as e:
+            raise CheckpointException("save failed", {0: _wrap_exception(e)}) from None
+
+    monkeypatch.setattr(dcp, "save", full)
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(CheckpointError, match="disk is full.*previous checkpoint is intact"):
+        ckpt.save(tmp_path, 3, model, opt, {"step": 3}, keep=2, sharded=True)
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
 def _send_sigint_at(monkeypatch, at_step: int, times: int):

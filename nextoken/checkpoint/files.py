@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,20 @@ def publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     _write_latest(final.parent, final.name)
+
+
+def io_error(e: BaseException) -> OSError | None:
+    """The OSError behind a failed write, or None when `e` is no I/O failure: `e` itself, the one safetensors
+    reports as its SafetensorError ("... (os error 28)"), or one that torch.distributed.checkpoint gathered from
+    a rank into its CheckpointException (a BaseException, `failures`: rank -> (exception, traceback))."""
+    if isinstance(e, OSError):
+        return e
+    for exc, _ in (getattr(e, "failures", None) or {}).values():
+        if (found := io_error(exc)) is not None:
+            return found
+    if type(e).__name__ == "SafetensorError" and (m := re.search(r"os error (\d+)", str(e))):
+        return OSError(int(m[1]), os.strerror(int(m[1])))
+    return None
 
 
 def write_error(final: Path, e: OSError) -> CheckpointError:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from nextoken.checkpoint.files import prune, publish, step_name, write_error, write_trainer
+from nextoken.checkpoint.files import io_error, prune, publish, step_name, write_error, write_trainer
 from nextoken.errors import CheckpointError
 
 DCP_DIR = "dcp"
@@ -58,8 +58,13 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
             save_file(extra_tensors, str(tmp / "state.safetensors"))
             write_trainer(tmp, trainer)
             publish(tmp, final)
-    except OSError as e:
-        raise write_error(final, e) from None
+    except BaseException as e:
+        if (err := io_error(e)) is None:
+            raise
+        raise write_error(final, err) from None
+    finally:  # whatever a failed write left (after publish, tmp is final)
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
     barrier()
     if is_main:
         prune(ckpt_root, keep)

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from nextoken.checkpoint.files import prune, publish, step_name, write_error, write_trainer
+from nextoken.checkpoint.files import io_error, prune, publish, step_name, write_error, write_trainer
 from nextoken.errors import CheckpointError
 
 
@@ -50,9 +50,12 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
         save_file({**optimizer_tensors(model, optimizer), **extra_tensors}, str(tmp / "state.safetensors"))
         write_trainer(tmp, trainer)
         publish(tmp, final)
-    except OSError as e:
+    except BaseException as e:
+        if (err := io_error(e)) is None:
+            raise
+        raise write_error(final, err) from None
+    finally:  # whatever a failed write left (after publish, tmp is final)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise write_error(final, e) from None
     prune(ckpt_root, keep)
     return final
 
