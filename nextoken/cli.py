@@ -13,7 +13,9 @@ from nextoken.errors import ConfigError, NextokenError
 
 
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from nextoken.paths import shown
+
+    print(shown(msg), file=sys.stderr, flush=True)
 
 
 def _print_json(obj) -> None:
@@ -404,8 +406,9 @@ def _vocab_size(run: str) -> int | None:
 
 def cmd_sample(args, extra) -> int:
     from nextoken.api import stream
-    from nextoken.generate import draw_seed
+    from nextoken.generate import check_prompt, draw_seed
 
+    check_prompt(args.prompt)  # before anything is printed: `stream` starts at its first piece
     seed = args.seed if args.seed is not None else draw_seed()
     pieces = stream(args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed,
                     args.step)

@@ -177,8 +177,8 @@ _DIAL_FIELDS = {"depth", "aspect_ratio"}  # inputs of the depth dial: the shapes
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
+    if isinstance(v, str):  # JSON's escapes are TOML's; characters raw (TOML has no surrogate pairs), DEL escaped
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     return repr(v)
 
 
@@ -267,7 +267,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass an existing TOML file to --config")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        # surrogateescape: a path that is not UTF-8 is written as its bytes (run.write_atomic) and read back
+        return tomllib.loads(p.read_text(encoding="utf-8", errors="surrogateescape"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {p} is not valid TOML ({e}); fix the file") from None
 

@@ -10,6 +10,7 @@ import torch
 
 from nextoken.errors import NextokenError
 from nextoken.model import GPT, KVCache
+from nextoken.paths import shown
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int = 1) -> None:
@@ -107,9 +108,20 @@ def stream_text(tokenizer, model: GPT, prompt: str, max_new_tokens: int, **kw) -
         yield text[shown:]
 
 
+def check_prompt(prompt: str) -> None:
+    """A prompt is text: bytes that are not UTF-8 (which Python passes on from argv as lone surrogates) are
+    refused in one line rather than by the tokenizer's TypeError."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise NextokenError(f"the prompt is not valid UTF-8 (character {e.start}: "
+                            f"{shown(prompt[e.start:e.end])}); pass UTF-8 text") from None
+
+
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
     from nextoken.data.tokenizer import eot_id
 
+    check_prompt(prompt)
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids  # a typed "<|endoftext|>" is text, as in training
     if prompt and not ids:  # a tokenizer without byte fallback drops characters it does not know
         raise NextokenError(f"the prompt {prompt[:40]!r} has no character this model's tokenizer knows; "

@@ -206,7 +206,7 @@ def _locked(run_dir: Path, holder: dict) -> RunLocked:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # a non-UTF-8 path as the bytes it is
     os.replace(tmp, path)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load, save_file, save_model
 from torch import nn
 
 from nextoken.checkpoint.files import io_error, prune, publish, step_name, write_error, write_trainer
@@ -60,17 +60,27 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     return final
 
 
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file read by Python: the Rust reader refuses a path that is not UTF-8."""
+    return load(Path(path).read_bytes())
+
+
 def load_weights(model: nn.Module, ckpt: Path) -> None:
     try:
-        missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
+        state = read_tensors(ckpt / "model.safetensors")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{ckpt}/model.safetensors is unreadable or truncated ({e}); "
                               "use an earlier checkpoint") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise CheckpointError(f"{ckpt} does not match this model's architecture "
                               f"({str(e).splitlines()[0][:160]}); use the run's own config") from None
-    # safetensors drops the tied lm_head.weight on save; anything else missing is a mismatch
-    missing = [m for m in missing if not m.endswith("lm_head.weight")]
+    # save_model keeps one name of tied weights (wte / lm_head): a name sharing storage with a loaded one is
+    # loaded; anything else missing is a mismatch
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [m for m in missing if own[m].data_ptr() not in loaded]
     if missing or unexpected:
         raise CheckpointError(f"{ckpt} does not match this model's architecture (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}); use the run's own config")
@@ -78,7 +88,7 @@ def load_weights(model: nn.Module, ckpt: Path) -> None:
 
 def load_state(ckpt: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(ckpt / "state.safetensors"))
+        return read_tensors(ckpt / "state.safetensors")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{ckpt}/state.safetensors is unreadable or truncated ({e}); "
                               "use an earlier checkpoint") from None

@@ -37,6 +37,7 @@ from nextoken.data.tokenizer import (
     encode_documents,
     eot_id,
     load_tokenizer,
+    save_tokenizer,
     token_byte_lengths,
     tokenizer_hash,
     train_bpe,
@@ -185,7 +186,7 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
                             "pass files with text in them")
         if writers["train"].tokens == 0:
             raise DataError("the train split is empty; give more documents or lower --val-fraction")
-        tok.save(str(tmp / "tokenizer.json"))
+        save_tokenizer(tok, tmp / "tokenizer.json")
         manifest = {
             "format_version": FORMAT_VERSION,
             "dtype": dtype.name,

@@ -53,6 +53,7 @@ def modular_addition(out: str | Path, p: int = 97, train_fraction: float = 0.5, 
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from nextoken.data.prepare import PrepareOptions, prepare
+    from nextoken.data.tokenizer import save_tokenizer
 
     out = Path(out)
     if (out / "manifest.json").is_file() and "examples" in json.loads((out / "manifest.json").read_text()):
@@ -69,7 +70,7 @@ def modular_addition(out: str | Path, p: int = 97, train_fraction: float = 0.5, 
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(["<|endoftext|>"])
-    tok.save(str(src / "tokenizer.json"))
+    save_tokenizer(tok, src / "tokenizer.json")
     prepare([str(src / "equations.jsonl")], out, PrepareOptions(tokenizer=str(src / "tokenizer.json"),
             val_fraction=1 / val_every, progress=False, force=True), log=lambda m: None)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -27,6 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from nextoken.errors import DataError
+from nextoken.paths import shown
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = [EOT]
@@ -92,14 +93,19 @@ def bytes_tokenizer() -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"tokenizer file {p} does not exist; pass bpe, bytes or a path to a tokenizer.json")
-    try:
-        tok = Tokenizer.from_file(str(p))
+        raise DataError(f"tokenizer file {shown(p)} does not exist; pass bpe, bytes or a path to a tokenizer.json")
+    try:  # read by Python: the Rust bindings refuse a path that is not UTF-8
+        tok = Tokenizer.from_str(p.read_text(encoding="utf-8"))
     except Exception:  # tokenizers raises a bare Exception for malformed files
-        raise DataError(f"{p} is not a Hugging Face tokenizer.json; pass bpe, bytes or a valid file") from None
+        raise DataError(f"{shown(p)} is not a Hugging Face tokenizer.json; pass bpe, bytes or a valid file") from None
     if end_of_text(tok) is None:
         tok.add_special_tokens([EOT])
     return _text_only(tok)
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
+    """tokenizer.json as `Tokenizer.save` writes it, written by Python (any path the OS takes)."""
+    Path(path).write_text(tok.to_str(pretty=True), encoding="utf-8")
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:

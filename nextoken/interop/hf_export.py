@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from nextoken.atomic import building
 from nextoken.config import ModelConfig
-from nextoken.data.tokenizer import end_of_text, eot_id
+from nextoken.data.tokenizer import end_of_text, eot_id, save_tokenizer
 from nextoken.interop import InteropError, require
 from nextoken.interop.adapters import adapter_for_model
 from nextoken.run import Run
@@ -76,7 +76,7 @@ def _write_tokenizer(folder: Path, tok, block_size: int) -> None:
     """tokenizer.json as the run has it, and the config that makes AutoTokenizer a PreTrainedTokenizerFast over
     it: end-of-text as eos (and bos), nothing added around the text, no clean-up of spaces on decode, and
     special-token literals split as text (`split_special_tokens`), as nextoken encoded them in training."""
-    tok.save(str(folder / "tokenizer.json"))
+    save_tokenizer(tok, folder / "tokenizer.json")
     eos = end_of_text(tok)
     special = {"bos_token": eos, "eos_token": eos}
     _write_json(folder / "special_tokens_map.json", special)

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from nextoken import checkpoint as ckpt
 from nextoken.atomic import building
 from nextoken.config import Config, ModelConfig, validate
-from nextoken.data.tokenizer import EOT, end_of_text, load_tokenizer
+from nextoken.data.tokenizer import EOT, end_of_text, load_tokenizer, save_tokenizer
 from nextoken.errors import ConfigError, DataError
 from nextoken.interop import InteropError, require
 from nextoken.interop.adapters import Adapter, Tensors, adapter_for_hf
@@ -90,7 +90,7 @@ def write_run(out: Path, model: HFModel) -> Path:
     cfg = Config(model=model.config)
     with building(out) as tmp:
         (tmp / "config.toml").write_text(cfg.to_toml())
-        model.tokenizer.save(str(tmp / "tokenizer.json"))
+        save_tokenizer(model.tokenizer, tmp / "tokenizer.json")
         event = {"kind": "event", "step": 0, "type": "import",
                  "detail": {"source": model.source, "architecture": model.architecture}}
         (tmp / "metrics.jsonl").write_text(json.dumps(event) + "\n")
@@ -203,7 +203,7 @@ def _tokenizer(folder: Path, m: ModelConfig, hf: dict) -> Tokenizer:
     if not path.is_file():
         path = _convert_tokenizer(folder)
     try:
-        raw = Tokenizer.from_file(str(path))
+        raw = Tokenizer.from_str(path.read_text(encoding="utf-8"))
     except Exception:  # tokenizers raises a bare Exception for malformed files
         raise InteropError(f"{path} is not a Hugging Face tokenizer.json") from None
     n = raw.get_vocab_size(with_added_tokens=True)

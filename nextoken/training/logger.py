@@ -11,6 +11,7 @@ from nextoken import nonfinite
 from nextoken.config import Config
 from nextoken.errors import ConfigError
 from nextoken.eval.evaluate import perplexity
+from nextoken.paths import shown
 
 
 class MetricsLog:
@@ -113,6 +114,7 @@ class Display:
     def message(self, text: str) -> None:
         if not self.enabled:
             return
+        text = shown(text)  # a run directory's name may hold bytes that are not UTF-8
         if self.live:
             self.progress.console.print(text)
         else:
