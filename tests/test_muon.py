@@ -15,7 +15,7 @@ from nextoken.config import ModelConfig, OptimConfig, build_config
 from nextoken.errors import ConfigError
 from nextoken.model import GPT
 from nextoken.training.loop import train
-from nextoken.training.optim import build_optimizer, muon_params, param_groups, set_lr
+from nextoken.training.optim import Muon, build_optimizer, muon_params, orthogonalize, param_groups, set_lr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,14 +49,41 @@ def test_one_step_equals_torch_muon_and_adamw_on_their_groups():
     set_lr(ours, 2e-4)  # a step of the schedule: AdamW at 2e-4, Muon at 2e-4 * 0.05 / 1e-3 = 1e-2
     ours.step()
     hidden = {id(p) for _, p in muon_params(b)}
-    ref_muon = torch.optim.Muon([p for _, p in muon_params(b)], lr=1e-2, weight_decay=0.1, momentum=0.95,
-                                nesterov=True)
+    ref_muon = Muon([p for _, p in muon_params(b)], lr=1e-2, weight_decay=0.1, momentum=0.95, nesterov=True,
+                    ns_dtype=torch.float32)  # on the CPU (test_our_muon_in_bf16_is_torch_muon for the rest)
     rest = torch.nn.ParameterList(p for p in b.parameters() if id(p) not in hidden)
     ref_adamw = torch.optim.AdamW(param_groups(rest, 0.1), lr=2e-4, betas=(0.9, 0.95), eps=1e-8)
     ref_muon.step()
     ref_adamw.step()
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), name
+
+
+def test_our_muon_in_bf16_is_torch_muon():
+    """nextoken's Muon differs from torch.optim.Muon only in the Newton–Schulz dtype: in bf16, three steps are
+    bit-identical to torch's."""
+    a, b = _model(), _model()
+    ours = Muon([p for _, p in muon_params(a)], lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True,
+                ns_dtype=torch.bfloat16)
+    ref = torch.optim.Muon([p for _, p in muon_params(b)], lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True)
+    for step in range(3):
+        x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(step))
+        for m, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x).flatten(0, 1), x.roll(-1, 1).flatten()).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert ours.state_dict()["state"].keys() == ref.state_dict()["state"].keys()
+
+
+def test_newton_schulz_in_fp32_follows_fp64_and_bf16_does_not():
+    g = torch.randn(128, 512, generator=torch.Generator().manual_seed(0))
+    args = (5, (3.4445, -4.7750, 2.0315), 1e-7)
+    exact = orthogonalize(g.double(), *args, torch.float64)
+    fp32 = (orthogonalize(g, *args, torch.float32).double() - exact).abs().max().item()
+    bf16 = (orthogonalize(g, *args, torch.bfloat16).double() - exact).abs().max().item()
+    assert fp32 < 1e-5 < 1e-3 < bf16, (fp32, bf16)
 
 
 def _weights(run):
@@ -108,3 +135,27 @@ def test_the_optimizer_state_dict_round_trips():
     for p in model.parameters():
         for k, v in opt.state.get(p, {}).items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(again.state.get(p)[k]))
+
+
+def _accumulated(data, tmp_path, name: str, optim: str, batch_size: int, grad_accum: int) -> dict:
+    """Six steps of the default recipe (the tiny preset: Muon) on `data`, each over the same 4 sequences split
+    into `grad_accum` micro-batches of `batch_size`."""
+    cfg = build_config("tiny", overrides=[
+        ("optim.name", optim), ("train.batch_size", str(batch_size)), ("train.grad_accum", str(grad_accum)),
+        ("train.max_steps", "6"), ("optim.warmup_steps", "2"), ("train.eval_every", "0"),
+        ("train.eval_tokens", "512"), ("train.ckpt_every", "0"), ("train.threads", "1"), ("train.compile", "off"),
+        ("log.progress", "off"), ("log.sample_tokens", "0")])
+    cfg.data.path = str(data)
+    train(cfg, tmp_path / name, quiet=True)
+    return _weights(tmp_path / name)
+
+
+@pytest.mark.parametrize("optim", ["muon", "adamw"])
+def test_gradient_accumulation_splits_of_one_batch_end_alike(bytes_data, tmp_path, optim):
+    """Issue 23: torch.optim.Muon orthogonalizes in bf16, so gradients that agree to ~3e-7 (one micro-batch of
+    4 against 4 of 1) left its step ~1e-2 apart, against ~1e-7 under AdamW. On the CPU nextoken's Muon
+    orthogonalizes in fp32 (training/optim.py), which keeps the splits as close as AdamW's."""
+    a = _accumulated(bytes_data, tmp_path, "1x4", optim, 4, 1)
+    b = _accumulated(bytes_data, tmp_path, "4x1", optim, 1, 4)
+    diff = sum(((a[k] - b[k]) ** 2).sum() for k in a) ** 0.5 / sum((a[k] ** 2).sum() for k in a) ** 0.5
+    assert diff < 1e-5, float(diff)

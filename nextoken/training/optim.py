@@ -42,12 +42,61 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device):
                                  eps=cfg.eps, fused=fused)
     hidden = {id(p) for _, p in muon_params(model)}
     rest = nn.ParameterList(p for p in model.parameters() if id(p) not in hidden)
-    muon = torch.optim.Muon([p for _, p in muon_params(model)], lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
-                            momentum=cfg.muon_momentum, nesterov=True)
+    muon = Muon([p for _, p in muon_params(model)], lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                momentum=cfg.muon_momentum, nesterov=True, ns_dtype=newton_schulz_dtype(device))
     muon.param_groups[0]["lr_scale"] = cfg.muon_lr / cfg.lr
     adamw = torch.optim.AdamW(param_groups(rest, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                               eps=cfg.eps, fused=fused)
     return Optimizers(muon, adamw)
+
+
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on accelerators (torch.optim.Muon's choice, Jordan et al. 2024: fast tensor-core matmuls); fp32 on
+    CPUs, where bf16 matmuls are slower than fp32 and bf16's 8-bit mantissa made gradient-accumulation splits of
+    one batch end ~1e-2 apart (docs/LOG.md, 2026-12-06)."""
+    return torch.float32 if device.type == "cpu" else torch.bfloat16
+
+
+def orthogonalize(g: torch.Tensor, steps: int, coefficients: tuple[float, float, float], eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Newton–Schulz's quintic iteration towards the orthogonal factor of g (Jordan et al. 2024, "Muon"):
+    X <- aX + (bA + cA²)X with A = XXᵀ, from X = g / ||g||_F, on the wide orientation so that A is the
+    smaller Gram matrix; in `dtype`. torch.optim.Muon computes the same in bf16 only."""
+    a, b, c = coefficients
+    tall = g.size(0) > g.size(1)
+    x = g.to(dtype)
+    x = x.T if tall else x
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon (its parameters, groups, state and checkpoints) with the Newton–Schulz step in
+    `ns_dtype`; with bf16 its steps are torch's (tests/test_muon.py)."""
+
+    def __init__(self, params, *, ns_dtype: torch.dtype = torch.bfloat16, **kw):
+        super().__init__(params, **kw)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        assert closure is None, "nextoken steps without a closure"
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)  # torch's: checks, and the momentum buffers
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            assert group["adjust_lr_fn"] in (None, "original"), "nextoken builds Muon with torch's default scale"
+            for p, g, buf in zip(params, grads, bufs, strict=True):
+                buf.lerp_(g, 1 - mu)
+                update = g.lerp(buf, mu) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_steps"], group["ns_coefficients"], group["eps"],
+                                       self.ns_dtype)
+                p.mul_(1 - lr * wd)  # decoupled weight decay at Muon's own LR, as torch.optim.Muon
+                # torch.optim.Muon's default ("original") scale: sqrt(max(1, rows / cols)), Jordan et al. 2024
+                p.add_(update.to(p.dtype), alpha=-lr * max(1, p.size(0) / p.size(1)) ** 0.5)
 
 
 class _States(MutableMapping):
