@@ -128,23 +128,24 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
 
 def stream(run: Run | Loaded | str | Path, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None, step: int | None = None,
-           device: str = "cpu"):
+           device: str = "cpu", stop_at_eot: bool = True):
     """Text pieces of a sample as they are generated (generate.stream_text); arguments as `sample`."""
     from nextoken.generate import check_sampling, stream_text
 
     check_sampling(temperature, top_k, top_p, max_new_tokens)  # before a model is loaded
     loaded = _loaded(run, step, device)
-    return stream_text(loaded.tokenizer, loaded.model, prompt, max_new_tokens, temperature=temperature,
+    return stream_text(loaded.tokenizer, loaded.model, prompt, max_new_tokens, stop_at_eot, temperature=temperature,
                        top_k=top_k, top_p=top_p, seed=seed)
 
 
 def sample(run: Run | Loaded | str | Path, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None, step: int | None = None,
-           device: str = "cpu") -> str:
+           device: str = "cpu", stop_at_eot: bool = True) -> str:
     """A continuation of `prompt` (without the prompt) from a run's checkpoint: temperature 0 is greedy;
-    top-k then top-p (nucleus, Holtzman et al. 2020) filtering; `seed` makes it reproducible.
+    top-k then top-p (nucleus, Holtzman et al. 2020) filtering; `seed` makes it reproducible; it ends at the
+    end-of-text token unless `stop_at_eot` is off.
     Raises NextokenError for a negative temperature, top_k < 1 or top_p outside (0, 1]."""
-    return "".join(stream(run, prompt, max_new_tokens, temperature, top_k, top_p, seed, step, device))
+    return "".join(stream(run, prompt, max_new_tokens, temperature, top_k, top_p, seed, step, device, stop_at_eot))
 
 
 def next_token(run: Run | Loaded | str | Path, prompt: str, temperature: float = 1.0, top: int = 10,

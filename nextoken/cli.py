@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, default=None,
                     help="sampling seed; without it each call draws a fresh one and prints it, so --seed repeats it")
     sa.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
+    sa.add_argument("--past-eot", action="store_true",
+                    help="go on past the end-of-text token into a new document (default: the sample ends there)")
     sa.set_defaults(handler=cmd_sample)
 
     nx = sub.add_parser("next", help="the next-token distribution for a prompt")
@@ -411,7 +413,7 @@ def cmd_sample(args, extra) -> int:
     check_prompt(args.prompt)  # before anything is printed: `stream` starts at its first piece
     seed = args.seed if args.seed is not None else draw_seed()
     pieces = stream(args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed,
-                    args.step)
+                    args.step, stop_at_eot=not args.past_eot)
     if args.seed is None:
         _err(f"seed {seed} (--seed {seed} repeats this sample)")
     sys.stdout.write(args.prompt)

@@ -92,12 +92,20 @@ def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float
             logits = model(torch.tensor([[nxt]], device=device), cache)[0, -1]
 
 
-def stream_text(tokenizer, model: GPT, prompt: str, max_new_tokens: int, **kw) -> Iterator[str]:
-    """Decoded text pieces as tokens arrive; a piece is held back while it ends inside a UTF-8 character."""
+def stream_text(tokenizer, model: GPT, prompt: str, max_new_tokens: int, stop_at_eot: bool = True,
+                **kw) -> Iterator[str]:
+    """Decoded text pieces as tokens arrive; a piece is held back while it ends inside a UTF-8 character. The
+    sample ends at the end-of-text token, the end of its document (as the exported model's generation_config
+    says), unless `stop_at_eot` is off: then it goes on into a new document, the separator shown."""
+    from nextoken.data.tokenizer import eot_id
+
     ids = encode_prompt(tokenizer, prompt)
+    eot = eot_id(tokenizer)
     out: list[int] = []
     shown = 0
     for nxt in generate(model, ids, max_new_tokens, **kw):
+        if stop_at_eot and nxt == eot:
+            break
         out.append(nxt)
         text = tokenizer.decode(out, skip_special_tokens=False)
         if not text.endswith("\ufffd"):
