@@ -86,6 +86,26 @@ def test_jsonl_and_parquet_sources(tmp_path):
         prepare([str(tmp_path / "c.jsonl")], tmp_path / "x", quiet(tokenizer="bytes"), log=print)
 
 
+def test_rows_with_null_text_are_skipped_and_counted_alike_in_jsonl_and_parquet(tmp_path):
+    """Issue 23: a .jsonl row with null text refused the whole file while parquet skipped such rows silently."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    texts = [f"document number {i} " * 20 if i % 4 else None for i in range(12)]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    pq.write_table(pa.table({"text": texts}), tmp_path / "c.parquet")
+    for name in ("c.jsonl", "c.parquet"):
+        logs = []
+        m = prepare([str(tmp_path / name)], tmp_path / f"out-{name}", quiet(tokenizer="bytes"), log=logs.append)
+        assert m["documents"] == 9 and m["skipped_null"] == 3
+        assert any("skipped 3 rows whose 'text' is null" in line for line in logs), logs
+    (tmp_path / "n.jsonl").write_text(json.dumps({"text": 5}))
+    pq.write_table(pa.table({"text": [5]}), tmp_path / "n.parquet")
+    for name in ("n.jsonl", "n.parquet"):
+        with pytest.raises(DataError, match="is not a string"):
+            prepare([str(tmp_path / name)], tmp_path / f"x-{name}", quiet(tokenizer="bytes"), log=print)
+
+
 def test_invalid_utf8_is_refused_or_replaced_and_counted(tmp_path, corpus_dir):
     src = make_corpus(tmp_path / "c", n_docs=4)
     (src / "bad.txt").write_bytes(b"good text \xff\xfe more text \xc3 end")

@@ -199,6 +199,7 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
             "files": stats.files,
             "skipped_binary": len(stats.skipped_binary),
             "skipped_not_utf8": len(stats.skipped_not_utf8),
+            "skipped_null": stats.skipped_null,
             "utf8_replacements": stats.replaced,
             "val_fraction": opt.val_fraction,
             "byte_dtype": BYTES_DTYPE.name,
@@ -219,6 +220,8 @@ def prepare(specs: list[str], out: str | Path, opt: PrepareOptions, log=None) ->
         log(f"replaced {stats.replaced} invalid UTF-8 sequences with U+FFFD")
     if stats.skipped_binary:
         log(f"skipped {len(stats.skipped_binary)} binary files (e.g. {stats.skipped_binary[0]})")
+    if stats.skipped_null:
+        log(f"skipped {stats.skipped_null} rows whose {opt.text_field!r} is null")
     if stats.skipped_not_utf8:
         log(f"skipped {len(stats.skipped_not_utf8)} files of the built-in corpus that are not UTF-8 "
             f"(e.g. {stats.skipped_not_utf8[0]})")

@@ -40,6 +40,7 @@ class ReadStats:
     skipped_binary: list[str] = field(default_factory=list)
     skipped_not_utf8: list[str] = field(default_factory=list)  # built-in sources only
     skipped_empty: int = 0
+    skipped_null: int = 0  # jsonl and parquet rows whose text is null
 
 
 def stdlib_files(include_tests: bool = False) -> list[Path]:
@@ -194,6 +195,17 @@ def _emit(text: str, stats: ReadStats) -> Iterator[str]:
     yield text
 
 
+def _emit_row(text, where: str, stats: ReadStats) -> Iterator[str]:
+    """A jsonl or parquet row alike: null text is skipped and counted (a dataset's missing documents), any other
+    value that is not a string refused."""
+    if text is None:
+        stats.skipped_null += 1
+        return
+    if not isinstance(text, str):
+        raise DataError(f"{where} is not a string ({type(text).__name__}); point --text-field at the text")
+    yield from _emit(text, stats)
+
+
 def _iter_jsonl(path: Path, text_field: str, utf8: str, stats: ReadStats) -> Iterator[str]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -208,9 +220,7 @@ def _iter_jsonl(path: Path, text_field: str, utf8: str, stats: ReadStats) -> Ite
             if not isinstance(row, dict) or text_field not in row:
                 raise DataError(f"{path}:{lineno} has no {text_field!r} field; set the field with "
                                 "--text-field NAME")
-            if not isinstance(row[text_field], str):
-                raise DataError(f"{path}:{lineno}: field {text_field!r} is not a string")
-            yield from _emit(row[text_field], stats)
+            yield from _emit_row(row[text_field], f"{path}:{lineno}: field {text_field!r}", stats)
 
 
 def _iter_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[str]:
@@ -225,7 +235,6 @@ def _iter_parquet(path: Path, text_field: str, stats: ReadStats) -> Iterator[str
     if text_field not in pf.schema_arrow.names:
         raise DataError(f"{path} has no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
                         "set the column with --text-field NAME")
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            if isinstance(text, str):
-                yield from _emit(text, stats)
+    for i, batch in enumerate(pf.iter_batches(columns=[text_field], batch_size=1024)):
+        for j, text in enumerate(batch.column(0).to_pylist()):
+            yield from _emit_row(text, f"{path} row {i * 1024 + j}: column {text_field!r}", stats)
