@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nextoken import checkpoint as ckpt
 from nextoken.errors import NextokenError
 from nextoken.run import Loaded, Run
+from nextoken.serve.runs import NotFound
 
 MAX_MODELS = 4
 MAX_BYTES = 2 * 2**30  # parameters kept loaded, all models together
@@ -32,7 +34,23 @@ class ModelCache:
         self.loads = 0
 
     def get(self, run: Run, step: int | None) -> Loaded:
-        path = run.checkpoint(step)  # CheckpointError names the steps there are
+        """The model of `run` at `step` (None: the pinned or newest checkpoint). Training may prune the chosen
+        checkpoint before it loads: the newest is then chosen again, and a named step is a NotFound that says so
+        (not the load's own error, whose cause would be wrong)."""
+        for _ in range(3):
+            path = run.checkpoint(step)  # CheckpointError names the steps there are
+            try:
+                return self._get(run, path)
+            except (NextokenError, OSError):
+                if ckpt.is_checkpoint(path):
+                    raise  # the checkpoint is there: the error is its own
+                if step is not None or run.pinned is not None:
+                    steps = ", ".join(str(int(p.name.removeprefix("step_"))) for p in run.checkpoints()) or "none"
+                    raise NotFound(f"checkpoint {path.name} of {run.name} was pruned while it loaded (steps now: "
+                                   f"{steps})") from None
+        raise NextokenError(f"the checkpoints of {run.name} were pruned faster than one loaded; retry")
+
+    def _get(self, run: Run, path: Path) -> Loaded:
         try:
             key = (str(path), (path / "trainer.json").stat().st_mtime_ns)  # a re-written step is a new model
         except OSError:
