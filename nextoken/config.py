@@ -75,7 +75,9 @@ class OptimConfig:
     lr: float = _f(3e-3, "peak learning rate (AdamW's; with optim.name muon, of the AdamW group)")
     muon_lr: float = _f(0.02, "muon: peak learning rate of the Muon group (it follows the same schedule)")
     muon_momentum: float = _f(0.95, "muon: momentum (Nesterov)")
-    weight_decay: float = _f(0.1, "AdamW decoupled weight decay, applied to matrices only")
+    weight_decay: float = _f(0.1, "decoupled weight decay of matrices (each step scales one by 1 - LR x this): "
+                             "AdamW's at optim.lr, and with optim.name muon the Muon group's too, at optim.muon_lr "
+                             "(torch.optim.Muon's rule), so stronger there by muon_lr / lr")
     beta1: float = _f(0.9, "AdamW beta1")
     beta2: float = _f(0.95, "AdamW beta2")
     eps: float = _f(1e-8, "AdamW epsilon")
