@@ -22,8 +22,8 @@ from nextoken.config import Config, apply_dict, build_config, load_toml, set_fie
 from nextoken.errors import ConfigError, DataError, NextokenError
 from nextoken.run import Loaded, Run, check_resumable
 
-__all__ = ["Run", "build_config", "evaluate", "evaluate_harness", "evaluate_tasks", "fit", "next_token", "plan", "prepare", "resolve_train_config",
-           "sample", "train"]
+__all__ = ["Run", "build_config", "evaluate", "evaluate_harness", "evaluate_tasks", "fit", "next_token", "plan",
+           "prepare", "resolve_train_config", "sample", "train"]
 
 
 def resolve_train_config(preset: str | None = None, file: str | Path | None = None,

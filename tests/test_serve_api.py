@@ -198,7 +198,8 @@ def test_curves_of_100k_lines_are_quick_and_small(tmp_path, served):
 def test_curves_carry_each_tasks_scores(tmp_path, served):
     """`--train.eval_tasks` lines become task/NAME/{acc,acc_norm,bpb} series, the last line of a step counting."""
     root = copy_run(served, tmp_path)
-    rows = [("nextline", 10, 0.3, 0.3), ("nextline", 20, 0.5, 0.4), ("nextline", 20, 0.6, 0.5), ("fill", 20, 0.25, None)]
+    rows = [("nextline", 10, 0.3, 0.3), ("nextline", 20, 0.5, 0.4), ("nextline", 20, 0.6, 0.5),
+            ("fill", 20, 0.25, None)]
     with (root / "copy" / "metrics.jsonl").open("a") as fh:
         for task, step, acc, norm in rows:
             fh.write(json.dumps({"kind": "task", "step": step, "tokens": step * 128, "task": task, "n": 4, "acc": acc,

@@ -16,6 +16,7 @@ from nextoken.errors import NextokenError
 from nextoken.eval.tasks import encode_pair, loglikelihoods
 
 try:
+    import lm_eval.models  # noqa: F401  (lm-eval fills its registry with its own models only while it is empty)
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError:
@@ -34,11 +35,11 @@ class NextokenLM(LM):
         self.block_size = self.model.cfg.block_size
         self.eot = eot_id(self.tok)
         self.batch_size, self.max_gen_toks = batch_size, max_gen_toks
-        self.device = next(self.model.parameters()).device
+        self._device = next(self.model.parameters()).device
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> NextokenLM:
-        """`lm_eval --model nextoken --model_args run=RUN[,step=N,device=cpu]` (after `import nextoken.eval.harness`)."""
+        """`--model_args run=RUN[,step=N,device=cpu]`, for lm-eval's own entry points once this module is imported."""
         from nextoken.run import Run
 
         args = dict(kv.split("=", 1) for kv in arg_string.split(",") if kv)
@@ -104,7 +105,12 @@ def run_harness(loaded, tasks: list[str], include_path: str | Path | None = None
 
     if include_path is not None and not Path(include_path).is_dir():
         raise NextokenError(f"--include-path {include_path} is not a folder of task YAMLs")
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    manager = None
+    if include_path:  # your own tasks alone first: indexing lm-eval's thousands of YAMLs takes a while
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+        if any(t not in manager.all_tasks for t in tasks):
+            manager = None
+    manager = manager or TaskManager(include_path=str(include_path) if include_path else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise NextokenError(f"lm-eval knows no task {', '.join(unknown)}; see `lm_eval ls tasks`, or pass "
