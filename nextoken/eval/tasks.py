@@ -125,6 +125,9 @@ def encode_pair(tok, context: str, continuation: str, prefix_id: int) -> tuple[l
     return [prefix_id, *whole[:n_ctx]], cont
 
 
+MAX_LOGITS = 1 << 28  # logits a batch may hold (1 GiB in fp32)
+
+
 @torch.no_grad()
 def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], block_size: int, batch_size: int = 32,
                    device: torch.device | str = "cpu", autocast=contextlib.nullcontext
@@ -139,11 +142,14 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], block_siz
             raise DataError(f"a continuation of {len(cont)} tokens does not fit the model's context of {block_size}")
         rows.append((i, (ctx + cont)[-(block_size + 1):][:-1], cont))
     rows.sort(key=lambda r: -len(r[1]))  # longest first: each batch pads little
+    vocab = getattr(model, "module", model).cfg.vocab_size  # DDP wraps the GPT
     was_training = model.training
     model.eval()
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        width = len(chunk[0][1])
+    start = 0
+    while start < len(rows):
+        width = len(rows[start][1])
+        n = max(1, min(batch_size, MAX_LOGITS // (width * vocab)))  # GPT-2's 1024 x 50257 logits: 5 rows a batch
+        chunk, start = rows[start:start + n], start + n
         x = torch.zeros(len(chunk), width, dtype=torch.long)
         for j, (_, inp, _) in enumerate(chunk):
             x[j, :len(inp)] = torch.tensor(inp)
