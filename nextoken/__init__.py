@@ -1,7 +1,7 @@
 """nextoken: pretrain decoder-only transformers by next-token prediction.
 
-The Python API (nextoken/api.py): `train`, `Run`, `evaluate`, `sample`, `next_token`, `plan`, `fit`, `prepare`,
-`build_config`. Names load on first use, so `import nextoken` stays cheap.
+The Python API (nextoken/api.py): `train`, `Run`, `evaluate`, `evaluate_tasks`, `evaluate_harness`, `sample`,
+`next_token`, `plan`, `fit`, `prepare`, `build_config`. Names load on first use, so `import nextoken` stays cheap.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_API = {"train": "nextoken.api", "evaluate": "nextoken.api", "sample": "nextoken.api", "next_token": "nextoken.api",
+_API = {"train": "nextoken.api", "evaluate": "nextoken.api", "evaluate_tasks": "nextoken.api",
+        "evaluate_harness": "nextoken.api", "sample": "nextoken.api", "next_token": "nextoken.api",
         "plan": "nextoken.api", "fit": "nextoken.api", "prepare": "nextoken.api", "Run": "nextoken.run",
         "Config": "nextoken.config", "build_config": "nextoken.config"}
 __all__ = [*_API, "__version__"]

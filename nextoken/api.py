@@ -22,8 +22,8 @@ from nextoken.config import Config, apply_dict, build_config, load_toml, set_fie
 from nextoken.errors import ConfigError, DataError, NextokenError
 from nextoken.run import Loaded, Run, check_resumable
 
-__all__ = ["Run", "build_config", "evaluate", "fit", "next_token", "plan", "prepare", "resolve_train_config",
-           "sample", "train"]
+__all__ = ["Run", "build_config", "evaluate", "evaluate_harness", "evaluate_tasks", "fit", "next_token", "plan",
+           "prepare", "resolve_train_config", "sample", "train"]
 
 
 def resolve_train_config(preset: str | None = None, file: str | Path | None = None,
@@ -124,6 +124,34 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
     res = evaluate_model(loaded.model, TokenData(data_dir, split), loaded.model.cfg.block_size,
                          token_byte_lengths(loaded.tokenizer), tokens, device=device)
     return {**res, "step": loaded.step, "tokens": loaded.trainer["tokens"], "checkpoint": str(loaded.checkpoint)}
+
+
+def evaluate_tasks(run: Run | Loaded | str | Path, tasks: list[str], step: int | None = None, device: str = "cpu",
+                   batch_size: int = 32, log=None) -> dict:
+    """Scores of a checkpoint (default: the newest) on downstream tasks: each a task .jsonl file or
+    `builtin:nextline` (eval/tasks.py, docs/eval.md). Returns {"tasks": {NAME: {"n", "acc", "acc_norm",
+    "bits_per_byte"}}, "step", "checkpoint"}; `log` hears a warning when the run trained on what a task tests.
+    Raises DataError, naming the line, for a malformed task file."""
+    from nextoken.eval.tasks import contamination_warning, load_tasks, score_tasks
+
+    loaded_tasks = load_tasks(tasks)  # a bad file fails before a model is loaded
+    loaded = _loaded(run, step, device)
+    if log and (warning := contamination_warning(tasks, loaded.run.config.data.path)):
+        log(warning)
+    scores = score_tasks(loaded.model, loaded.tokenizer, loaded_tasks, loaded.model.cfg.block_size, batch_size,
+                         device)
+    return {"tasks": scores, "step": loaded.step, "checkpoint": str(loaded.checkpoint)}
+
+
+def evaluate_harness(run: Run | Loaded | str | Path, tasks: list[str], include_path: str | Path | None = None,
+                     limit: int | None = None, step: int | None = None, device: str = "cpu",
+                     batch_size: int = 32) -> dict:
+    """lm-evaluation-harness's `simple_evaluate` on a checkpoint through nextoken's own model class
+    (eval/harness.py; needs `pip install 'nextoken[eval]'`): `tasks` are lm-eval task names, `include_path` a
+    folder of your own task YAMLs, `limit` the documents per task. Returns lm-eval's results dictionary."""
+    from nextoken.eval.harness import run_harness
+
+    return run_harness(_loaded(run, step, device), tasks, include_path, limit, batch_size)
 
 
 def stream(run: Run | Loaded | str | Path, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8,

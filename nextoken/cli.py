@@ -130,12 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "summary of the run, and stop without training")
     tr.set_defaults(handler=cmd_train, config_overrides=True)  # --section.field VALUE
 
-    ev = sub.add_parser("eval", help="held-out loss, perplexity, bits per byte of a checkpoint")
+    ev = sub.add_parser("eval", help="held-out loss, perplexity, bits per byte of a checkpoint; or its scores on "
+                        "downstream tasks (--task, --harness; docs/eval.md)")
     ev.add_argument("run", metavar="RUN|CKPT", help="a run directory (its newest checkpoint) or a checkpoint directory")
     ev.add_argument("--data", help="prepared data directory (default: the run's)")
     ev.add_argument("--split", default="val", help="val (default) or train")
     ev.add_argument("--tokens", type=_nonnegative_int, default=0, help="tokens to evaluate (default: the whole split)")
     ev.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
+    ev.add_argument("--task", action="append", metavar="FILE", default=[],
+                    help="score a task instead: a .jsonl of {context, choices, label} or {context, continuation} "
+                    "lines, or builtin:nextline (which line of stdlib test code comes next); repeatable")
+    ev.add_argument("--harness", metavar="TASKS",
+                    help="score lm-evaluation-harness tasks (comma-separated names, e.g. lambada_openai,hellaswag) "
+                    "through nextoken's model class; needs pip install 'nextoken[eval]'")
+    ev.add_argument("--include-path", metavar="DIR", help="--harness: a folder of your own lm-eval task YAMLs")
+    ev.add_argument("--limit", type=_positive_int, help="--harness: documents per task (default: all)")
     ev.add_argument("--json", action="store_true", help="print the figures as one JSON object on stdout")
     ev.set_defaults(handler=cmd_eval)
 
@@ -383,6 +392,14 @@ def _under_torchrun() -> bool:
 def cmd_eval(args, extra) -> int:
     from nextoken.api import evaluate
 
+    if args.task and args.harness:
+        raise UsageError("pass --task or --harness, not both")
+    if (args.include_path or args.limit) and not args.harness:
+        raise UsageError("--include-path and --limit go with --harness")
+    if args.task:
+        return _eval_tasks(args)
+    if args.harness:
+        return _eval_harness(args)
     res = evaluate(args.run, args.data, args.split, args.tokens, args.step)
     if args.json:
         _print_json(res)
@@ -392,6 +409,35 @@ def cmd_eval(args, extra) -> int:
              f"({res['eval_tokens']:,} tokens)")
         if note := _diverged(res["loss"], _vocab_size(args.run)):
             _err(note)
+    return 0
+
+
+def _eval_tasks(args) -> int:
+    from nextoken.api import evaluate_tasks
+
+    res = evaluate_tasks(args.run, args.task, args.step, log=_err)
+    if args.json:
+        _print_json(res)
+        return 0
+    _err(f"{res['checkpoint']}:")
+    for name, r in res["tasks"].items():
+        norm = f"  acc_norm {r['acc_norm']:.4f}" if r["acc_norm"] is not None else ""
+        _err(f"  {name}: acc {r['acc']:.4f}{norm}  bits/byte {r['bits_per_byte']:.4f}  ({r['n']} items)")
+    return 0
+
+
+def _eval_harness(args) -> int:
+    from nextoken.api import evaluate_harness
+
+    tasks = [t.strip() for t in args.harness.split(",") if t.strip()]
+    res = evaluate_harness(args.run, tasks, args.include_path, args.limit, args.step)
+    if args.json:
+        _print_json({"results": res["results"], "n": res.get("n-samples", {}), "step": res["step"],
+                     "checkpoint": res["checkpoint"]})
+        return 0
+    from lm_eval.utils import make_table
+
+    _err(f"{res['checkpoint']}:\n{make_table(res)}")
     return 0
 
 

@@ -95,6 +95,8 @@ class TrainConfig:
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     eval_every: int = _f(250, "steps between evaluations (0: only at the end)")
     eval_tokens: int = _f(65536, "val tokens per evaluation (0: the whole val split)")
+    eval_tasks: str = _f("", "downstream tasks scored at each evaluation, comma-separated: task .jsonl files or "
+                         "builtin:nextline (docs/eval.md)")
     ckpt_every: int = _f(500, "steps between checkpoints (0: only at the end)")
     keep: int = _f(2, "checkpoints kept (the newest K)")
     log_every: int = _f(10, "steps between train metric lines")

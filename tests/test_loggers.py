@@ -10,12 +10,15 @@ def test_tensorboard_event_files(bytes_data, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = tiny_config(bytes_data, train__max_steps=4, log__tensorboard=True)
+    task = tmp_path / "pick.jsonl"
+    task.write_text('{"context": "def f(x):", "choices": ["\\n    return x", " 1 +"], "label": 0}\n')
+    cfg = tiny_config(bytes_data, train__max_steps=4, log__tensorboard=True, train__eval_tasks=str(task))
     train(cfg, tmp_path / "r", quiet=True)
     acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert "train/loss" in tags and "val/loss" in tags and "val/bits_per_byte" in tags
+    assert {"task/pick/acc", "task/pick/acc_norm", "task/pick/bits_per_byte"} <= set(tags)
     assert len(acc.Scalars("train/loss")) == 4
 
 

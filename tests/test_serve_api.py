@@ -195,6 +195,24 @@ def test_curves_of_100k_lines_are_quick_and_small(tmp_path, served):
     assert len(body["series"]["train_loss"]["x"]) <= 2002  # the time it takes is bench material, not a test's
 
 
+def test_curves_carry_each_tasks_scores(tmp_path, served):
+    """`--train.eval_tasks` lines become task/NAME/{acc,acc_norm,bpb} series, the last line of a step counting."""
+    root = copy_run(served, tmp_path)
+    rows = [("nextline", 10, 0.3, 0.3), ("nextline", 20, 0.5, 0.4), ("nextline", 20, 0.6, 0.5),
+            ("fill", 20, 0.25, None)]
+    with (root / "copy" / "metrics.jsonl").open("a") as fh:
+        for task, step, acc, norm in rows:
+            fh.write(json.dumps({"kind": "task", "step": step, "tokens": step * 128, "task": task, "n": 4, "acc": acc,
+                                 "acc_norm": norm, "bits_per_byte": 2.0}) + "\n")
+    c = starlette_testclient.TestClient(create_app([root]))
+    series = c.get("/api/curves", params={"run": "root/copy"}).json()["series"]
+    assert series["task/nextline/acc"] == {"x": [10, 20], "y": [0.3, 0.6], "n": 2}
+    assert series["task/nextline/acc_norm"]["y"] == [0.3, 0.5] and series["task/fill/bpb"]["y"] == [2.0]
+    assert "task/fill/acc_norm" not in series  # cloze: no per-byte choice
+    tokens = c.get("/api/curves", params={"run": "root/copy", "x": "tokens"}).json()["series"]
+    assert tokens["task/nextline/acc"]["x"] == [10 * 128, 20 * 128]
+
+
 # ---- compare ----
 
 def test_compare_diffs_configs(client):

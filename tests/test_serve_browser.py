@@ -43,7 +43,10 @@ def server(tmp_path_factory, bytes_data):
     from nextoken.serve import make_server
 
     root = tmp_path_factory.mktemp("browser") / "runs"
-    train(tiny_config(bytes_data, train__max_steps=40, stability__inject="lr@25x100"), root / "tiny", quiet=True)
+    task = root.parent / "pick.jsonl"  # a task scored at each eval: its curves sit beside the loss
+    task.write_text('{"context": "def f(x):", "choices": ["\\n    return x", " 1 +"], "label": 0}\n')
+    train(tiny_config(bytes_data, train__max_steps=40, stability__inject="lr@25x100", train__eval_tasks=str(task)),
+          root / "tiny", quiet=True)
     train(tiny_config(bytes_data, train__max_steps=40, train__label_smoothing=0.3), root / "smoothed", quiet=True)
     srv, sock, url = make_server([root], "127.0.0.1", 0)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -89,6 +92,9 @@ def test_runs_curves_and_next_token_in_chromium(server, shots, tmp_path):
             loss.wait_for()
             assert len(loss.get_attribute("d")) > 100  # 40 steps drawn
             assert page.locator('[data-chart="train_loss"] .event-dot').count() >= 1  # checkpoints, incidents
+            expect(page.locator('[data-chart="task/pick/acc"]')).to_contain_text("task pick: accuracy")
+            assert page.locator('[data-chart="task/pick/acc"] path.series').count() == 2  # acc, acc_norm
+            page.locator('[data-chart="task/pick/bpb"] path.series').wait_for()
             page.click('#xaxis button[data-v="tokens"]')
             expect(page.locator('#xaxis button[data-v="tokens"]')).to_have_class("on")
             expect(page.locator('[data-chart="train_loss"] .axis text').last).to_have_text("tokens")
@@ -156,6 +162,7 @@ def test_surprise_sample_and_compare_pages(server, shots):
             page.goto(server + "/compare?run=runs%2Fsmoothed&run=runs%2Ftiny")
             page.locator('[data-chart="train_loss"] path.series').nth(1).wait_for()
             expect(page.locator("#diff")).to_contain_text("train.label_smoothing")
+            assert page.locator('[data-chart="task/pick/acc"] path.series').count() == 1  # only runs/tiny scored it
             page.screenshot(path=str(shots / "serve-compare.png"), full_page=True)
             assert not errors, errors
         finally:

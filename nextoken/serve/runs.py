@@ -314,19 +314,34 @@ def curves(rows: list[dict], x_axis: str = "step", buckets: int = 1000) -> dict:
     train_x = to_x(t_step)
     eval_x = to_x(column(evals, "step"))
     out = {}
-    for name, (kind, key) in SERIES.items():
-        y = column(train if kind == "train" else evals, key)
+
+    def add(name: str, x: np.ndarray, y: np.ndarray) -> None:
         ok = np.isfinite(y)
-        if not ok.any():
-            continue
-        x, y = downsample((train_x if kind == "train" else eval_x)[ok], y[ok], buckets)
-        out[name] = {"x": np.round(x, 6).tolist(), "y": y.tolist(), "n": int(ok.sum())}
+        if ok.any():
+            x, y = downsample(x[ok], y[ok], buckets)
+            out[name] = {"x": np.round(x, 6).tolist(), "y": y.tolist(), "n": int(ok.sum())}
+
+    for name, (kind, key) in SERIES.items():
+        add(name, train_x if kind == "train" else eval_x, column(train if kind == "train" else evals, key))
+    for task, lines in task_lines(rows).items():  # task/NAME/acc, task/NAME/acc_norm, task/NAME/bpb
+        x = to_x(column(lines, "step"))
+        for key, short in (("acc", "acc"), ("acc_norm", "acc_norm"), ("bits_per_byte", "bpb")):
+            add(f"task/{task}/{short}", x, column(lines, key))
     lines = [r for r in rows if r.get("kind") == "event" and isinstance(r.get("step"), int)
              and r.get("type") != "hardware"]
     xs = to_x(np.array([r["step"] for r in lines], dtype=float)).tolist()
     events = [{"type": r.get("type"), "step": r["step"], "detail": r.get("detail"), "x": x}
               for r, x in zip(lines, xs, strict=True)]
     return {"x": x_axis, "series": out, "events": events}
+
+
+def task_lines(rows: list[dict]) -> dict[str, list[dict]]:
+    """The `task` lines (`--train.eval_tasks`) by task name, one per step (the last written), in step order."""
+    by_task: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        if r.get("kind") == "task" and isinstance(r.get("step"), int) and isinstance(r.get("task"), str):
+            by_task.setdefault(r["task"], {})[r["step"]] = r
+    return {name: [steps[s] for s in sorted(steps)] for name, steps in sorted(by_task.items())}
 
 
 def flat_config(d: dict, prefix: str = "") -> dict:

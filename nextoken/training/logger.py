@@ -48,6 +48,9 @@ class MetricsLog:
         if kind == "eval":
             scalars = {f"{fields['split']}/{k}": v for k, v in row.items()
                        if isinstance(v, (int, float)) and k != "step"}
+        if kind == "task":  # task/NAME/acc, ...; a cloze task's acc_norm is null and left out
+            scalars = {f"task/{fields['task']}/{k}": v for k, v in row.items()
+                       if isinstance(v, (int, float)) and k not in ("step", "tokens", "n")}
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)

@@ -18,6 +18,7 @@ from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
 from nextoken.device import Runtime, make_runtime
 from nextoken.errors import CheckpointError, ConfigError, NextokenError
 from nextoken.eval.evaluate import evaluate
+from nextoken.eval.tasks import Task, contamination_warning, load_tasks, score_tasks
 from nextoken.hardware import mfu, peak_flops
 from nextoken.model import GPT, param_counts, training_flops_per_token
 from nextoken.run import check_resumable, create_run_dir, lock_run_dir
@@ -68,7 +69,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
                             distributed.rank_slices(t.batch_size, t.grad_accum, d), rt.device)
     val = TokenData(data_dir, "val")
     val.check_context(m.block_size)
-    token_bytes = token_byte_lengths(load_tokenizer(data_dir / "tokenizer.json"))
+    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    token_bytes = token_byte_lengths(tokenizer)
+    task_specs = [s.strip() for s in t.eval_tasks.split(",") if s.strip()]
+    tasks = load_tasks(task_specs)  # a bad task file stops the run before it trains
 
     torch.manual_seed(t.seed)
     model = GPT(m).to(rt.device)
@@ -93,6 +97,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
         log.write("event", step=0, type="init", detail={"source": t.init_from})
     faults = Faults.parse(cfg.stability.inject)
     display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
+    if warning := contamination_warning(task_specs, data_dir):
+        display.message(warning)
     n_seqs = batches.slices[0][1]
     step_fn, choice = choose_compile(
         model, loss_fn(step_model, rt.autocast, t.z_loss, t.label_smoothing, t.objective, t.mask_rate,
@@ -113,6 +119,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
                   bits_per_token=res["bits_per_token"], bits_per_byte=res["bits_per_byte"])
         display.message(f"step {state.step}: val loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  "
                         f"bits/byte {res['bits_per_byte']:.3f}")
+        if tasks:
+            _score_tasks(tasks, model, tokenizer, state, cfg, rt, log, display)
         return res
 
     def save() -> Path:
@@ -204,6 +212,15 @@ def _writer_lock(run_dir: Path, resume: bool, d: distributed.Dist) -> contextlib
             error = e
     d.raise_together(error)
     return lock or contextlib.nullcontext()
+
+
+def _score_tasks(tasks: list[Task], model, tokenizer, state: TrainState, cfg: Config, rt: Runtime,
+                 log: MetricsLog, display: Display) -> None:
+    """`--train.eval_tasks`: one metrics line of kind "task" per task (docs/metrics.md)."""
+    scores = score_tasks(model, tokenizer, tasks, cfg.model.block_size, cfg.train.batch_size, rt.device, rt.autocast)
+    for name, r in scores.items():
+        log.write("task", step=state.step, tokens=state.tokens, task=name, **r)
+    display.message(f"step {state.step}: " + "  ".join(f"{name} acc {r['acc']:.3f}" for name, r in scores.items()))
 
 
 def _forward_backward(model, step_fn, batches: DeviceBatches, data_step: int, cfg: Config, rt: Runtime,

@@ -188,6 +188,25 @@ function drawCurves(box, data, xAxis, logY) {
     NT.chart(div, { title, series, events: names[0] === "train_loss" ? data.events : incidents,
       logY: logY && (lossy || names[0] === "lr"), xLabel: X_LABEL[xAxis] });
   }
+  // --train.eval_tasks: per task, its accuracies and the bits per byte of its correct answers (docs/eval.md)
+  for (const task of taskNames(data)) {
+    for (const [title, keys] of [[`task ${task}: accuracy`, ["acc", "acc_norm"]], [`task ${task}: bits per byte`, ["bpb"]]]) {
+      const series = keys.filter(k => data.series[`task/${task}/${k}`]).map((k, i) => {
+        const s = data.series[`task/${task}/${k}`];
+        return { name: k.replace("_", " "), x: s.x, y: s.y, color: NT.COLORS[i + 2], dots: true };
+      });
+      if (!series.length) continue;
+      const div = h("div", { class: "card", "data-chart": `task/${task}/${keys[0]}` });
+      box.append(div);
+      NT.chart(div, { title, series, events: incidents, xLabel: X_LABEL[xAxis] });
+    }
+  }
+}
+
+function taskNames(...curves) {
+  const names = new Set();
+  for (const c of curves) for (const k of Object.keys(c.series)) if (k.startsWith("task/")) names.add(k.split("/")[1]);
+  return [...names].sort();
 }
 
 // ---- next token ----
@@ -441,14 +460,15 @@ async function pageCompare() {
     charts.innerHTML = ""; diff.innerHTML = "";
     if (!ids.length) { charts.append(h("p", { class: "muted" }, "Pick runs to overlay.")); return; }
     const curves = await Promise.all(ids.map(id => api(`/api/curves?run=${encodeURIComponent(id)}&x=${xAxis}`)));
-    for (const [title, name] of COMPARE_CURVES) {
+    const tasks = taskNames(...curves).map(t => [`task ${t}: accuracy`, `task/${t}/acc`]);
+    for (const [title, name] of [...COMPARE_CURVES, ...tasks]) {
       const series = [];
       curves.forEach((c, i) => { if (c.series[name]) series.push({ name: ids[i], x: c.series[name].x, y: c.series[name].y,
-        color: NT.COLORS[i % NT.COLORS.length], dots: name.startsWith("val") }); });
+        color: NT.COLORS[i % NT.COLORS.length], dots: name.startsWith("val") || name.startsWith("task/") }); });
       if (!series.length) continue;
       const div = h("div", { class: "card", "data-chart": name });
       charts.append(div);
-      NT.chart(div, { title, series, logY: logY && name !== "val_bpb", xLabel: X_LABEL[xAxis] });
+      NT.chart(div, { title, series, logY: logY && name !== "val_bpb" && !name.startsWith("task/"), xLabel: X_LABEL[xAxis] });
     }
     const cmp = await api("/api/compare?" + ids.map(id => "run=" + encodeURIComponent(id)).join("&"));
     const t = h("table", { class: "mono" }, h("tr", {}, h("th", {}, "field"), ids.map(id => h("th", {}, id))));
