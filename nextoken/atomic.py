@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ def building(out: str | Path) -> Iterator[Path]:
 def _remove_stale(out: Path) -> None:
     if not out.parent.is_dir():
         return
-    for p in out.parent.glob(f".{out.name}.*-*"):
+    for p in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
         kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
         if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
