@@ -187,6 +187,18 @@ def next_token(run: Run | Loaded | str | Path, prompt: str, temperature: float =
     return next_token_distribution(loaded.model, loaded.tokenizer, prompt, temperature, top)
 
 
+def inspect(run: Run | Loaded | str | Path, prompt: str, target: str | None = None, top: int = 5,
+            step: int | None = None, device: str = "cpu") -> dict:
+    """One forward pass of `prompt` stage by stage (nextoken.inspect): its tokens and ids, the embedding and
+    residual norms, attention per layer and head, the logit lens, teacher forcing's per-position losses, the
+    final distribution and, with `target`, the cross-entropy of all its tokens."""
+    from nextoken.inspect import inspect as inspect_prompt
+
+    if not 1 <= top <= 20:
+        raise NextokenError(f"top must be between 1 and 20; got {top}")
+    return inspect_prompt(_loaded(run, step, device), prompt, target, top)
+
+
 def prepare(sources: list[str], out: str | Path, **options) -> dict:
     """Tokenize `sources` (files, directories, globs, .jsonl/.parquet, `stdlib`) into prepared data in `out`;
     `options` are PrepareOptions' fields (tokenizer, vocab_size, val_fraction, ...). Returns the manifest."""

@@ -173,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     nx.add_argument("--json", action="store_true", help="print the distribution as one JSON object on stdout")
     nx.set_defaults(handler=cmd_next)
 
+    ins = sub.add_parser("inspect", help="inside one forward pass: tokens, attention, the logit lens, teacher "
+                         "forcing (the web app draws the same: nextoken serve, /inspect)")
+    ins.add_argument("run", metavar="RUN|CKPT",
+                     help="a run directory (its newest checkpoint) or a checkpoint directory")
+    ins.add_argument("--prompt", required=True, help="the text passed through the model (its last 64 tokens)")
+    ins.add_argument("--target", help="the true continuation: its cross-entropy, every token of it")
+    ins.add_argument("--top", type=int, default=5, help="tokens per layer and position in the logit lens (default 5)")
+    ins.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
+    ins.add_argument("--json", action="store_true", help="print everything as one JSON object on stdout")
+    ins.set_defaults(handler=cmd_inspect)
+
     pt = sub.add_parser("plot", help="loss and LR curves of a run, as PNG")
     pt.add_argument("run", metavar="RUN", help="a run directory")
     pt.add_argument("--out", help="PNG path (default RUN/loss.png)")
@@ -501,6 +512,41 @@ def cmd_next(args, extra) -> int:
               f"{dist['effective_choices']:.1f} tokens (e^H).")
     con.print("Temperature reshapes what sampling draws from; the loss and perplexity are always measured "
               "at temperature 1 and do not change with it.")
+    return 0
+
+
+def cmd_inspect(args, extra) -> int:
+    from nextoken.api import inspect
+
+    res = inspect(args.run, args.prompt, args.target, args.top, args.step)
+    if args.json:
+        _print_json(res)
+        return 0
+    show = lambda t: repr(t)[1:-1]  # noqa: E731
+    lines = [f"{res['checkpoint']}: {len(res['tokens'])} tokens" + (" (the last 64)" if res["truncated"] else ""),
+             "tokens:  " + " ".join(f"{show(t['text'])}[{t['id']}]" for t in res["tokens"]),
+             "embedding norm: " + " ".join(f"{v:.2f}" for v in res["embedding_norm"])]
+    for i, row in enumerate(res["residual_norm"], 1):
+        lines.append(f"residual norm after layer {i}: " + " ".join(f"{v:.2f}" for v in row))
+    lines.append("logit lens, top token at the last position per layer:")
+    for row in res["lens"]:
+        cell = row["positions"][-1]
+        rank = f"  (true token rank {cell['true_rank']})" if "true_rank" in cell else ""
+        lines.append(f"  {row['name']:>10}: {show(cell['top'][0]['text'])!s:<12} p {cell['top'][0]['p']:.3f}{rank}")
+    tf = res["teacher_forcing"]
+    if tf["loss"] is not None:
+        what = "its own token (bidirectional)" if res["bidirectional"] else "its next token"
+        lines.append(f"teacher forcing: every position predicts {what} from the true tokens before it: mean loss "
+                     f"{tf['loss']:.3f} nats, perplexity e^loss = {tf['ppl']:.2f}")
+    top = res["final"]["top"][:5]
+    lines.append("next token: " + ", ".join(f"{show(t['text'])} {t['p']:.3f}" for t in top))
+    if res["target"]:
+        t = res["target"]
+        lines.append(f"target {t['text']!r}: {t['tokens_in_target']} tokens, cross-entropy {t['neg_log_p']:.3f} nats")
+        if "with_space" in t:
+            w = t["with_space"]
+            lines.append(f"  with a leading space {w['text']!r}: {w['neg_log_p']:.3f} nats")
+    _err("\n".join(lines))
     return 0
 
 

@@ -64,6 +64,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if ax.get_ylim()[1] <= PPL_AXIS_MAX:  # above it the perplexity axis could only show made-up figures
         ppl = ax.secondary_yaxis("right", functions=(lambda x: _exp(x), lambda p: _log(p)))
         ppl.set_ylabel("perplexity")
+        _ppl_ticks(ppl, ax.get_ylim())
 
     ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green")
     ax_lr.set_xlabel("step")
@@ -105,6 +106,21 @@ def _mark_non_finite(ax, rows: list[dict]) -> None:
     if bad:
         ax.plot([r["tokens"] for r in bad], [0.98] * len(bad), "^", color="tab:red", ms=9, clip_on=False,
                 transform=ax.get_xaxis_transform(), label="loss inf or nan (off the scale)")
+
+
+def _ppl_ticks(ppl, loss_lim: tuple[float, float]) -> None:
+    """Perplexity ticks at 1, 2, 5 x 10^k: the axis is e^loss, so evenly spaced perplexities (matplotlib's
+    default) crowd the top and leave a loss of 1-6 nats (perplexity 3-400) without a tick."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    lo, hi = (math.exp(max(min(v, PPL_AXIS_MAX), -PPL_AXIS_MAX)) for v in loss_lim)
+    ticks = [m * 10**e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo <= m * 10**e <= hi]
+    if len(ticks) > 12:  # many decades (a diverged run): powers of ten, at most about ten of them
+        decades = [t for t in ticks if f"{t:g}".lstrip("0.").startswith("1")]
+        ticks = decades[::max(1, len(decades) // 10)]
+    ppl.yaxis.set_major_locator(FixedLocator(ticks))
+    ppl.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def _num(v, spec: str) -> str:

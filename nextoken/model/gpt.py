@@ -64,7 +64,9 @@ class Attention(nn.Module):
         self.proj.residual = True
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BTD, rope=None, cache: KVCache | None = None):
+    def heads(self, x_BTD, rope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values per head, (B, H, T, K) each, positions rotated (nextoken.inspect reads
+        the attention pattern through this too)."""
         B, T, D = x_BTD.shape
         H, K = self.cfg.n_head, self.cfg.head_dim
         # queries and keys side by side as 2H heads: RoPE rotates both in one pass (half the elementwise ops;
@@ -76,6 +78,11 @@ class Attention(nn.Module):
         if rope is not None:
             qk_BGTK = apply_rope(qk_BGTK, *rope)
         q_BHTK, k_BHTK = qk_BGTK.split(H, dim=1)
+        return q_BHTK, k_BHTK, v_BHTK
+
+    def forward(self, x_BTD, rope=None, cache: KVCache | None = None):
+        B, T, D = x_BTD.shape
+        q_BHTK, k_BHTK, v_BHTK = self.heads(x_BTD, rope)
         mask = None
         causal = self.cfg.attention == "causal"  # bidirectional: the masked-token objective (BERT)
         if cache is not None:

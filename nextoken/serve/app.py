@@ -34,11 +34,12 @@ from nextoken.serve.runs import (
     Roots,
     config_diff,
     curves,
+    lab_summary,
     summarize,
 )
 
 STATIC = Path(__file__).parent / "static"
-PAGES = ("/", "/run", "/compare", "/next", "/surprise", "/sample", "/scaling")
+PAGES = ("/", "/run", "/compare", "/next", "/inspect", "/surprise", "/sample", "/scaling", "/labs")
 MAX_BODY = 256 * 1024
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -55,6 +56,8 @@ class State:
         self.models = M.ModelCache()
         self.curves: OrderedDict[tuple, dict] = OrderedDict()  # (run, metrics bytes read, x, buckets): polls of
         self.curves_lock = threading.Lock()                     # an unchanged run cost nothing
+        self.inspections: OrderedDict[tuple, dict] = OrderedDict()  # (checkpoint, its mtime, prompt, target, top)
+        self.inspections_lock = threading.Lock()
         self.started = time.time()
 
 
@@ -216,6 +219,80 @@ async def next_token(request: Request, st: State) -> dict:
 
 
 @api
+async def inspect_prompt(request: Request, st: State) -> dict:
+    from nextoken.inspect import inspect
+
+    b = await _body(request)
+    rid, step = _param(b, "run", required=True), _param(b, "step", int)
+    prompt, target, top = _param(b, "prompt", default=""), _param(b, "target"), _param(b, "top", int, 5)
+
+    def work():
+        run = st.roots.run(rid)
+        loaded = st.models.get(run, step)
+        key = (*st.models.key(run, loaded.checkpoint), prompt, target, top)
+        with st.inspections_lock:
+            if key in st.inspections:
+                st.inspections.move_to_end(key)
+                return st.inspections[key]
+        out = {"run": rid, "checkpoints": [int(p.name.removeprefix("step_")) for p in run.checkpoints()],
+               **inspect(loaded, prompt, target, top)}
+        with st.inspections_lock:
+            st.inspections[key] = out
+            while len(st.inspections) > 32:
+                st.inspections.popitem(last=False)
+        return out
+    return await _threaded(work)
+
+
+@api
+async def list_labs(request: Request, st: State) -> dict:
+    def work():
+        labs: list[Path] = []
+        st.roots.discover(labs)
+        out = []
+        for d in labs:
+            lid = st.roots.id_of(d)
+            try:
+                out.append({"id": lid, "name": d.name, **lab_summary(d)})
+            except Exception as e:
+                out.append({"id": lid, "name": d.name, "error": str(e).splitlines()[0] if str(e) else type(e).__name__})
+        return {"labs": out}
+    return await _threaded(work)
+
+
+def _lab_dir(st: State, lid: str) -> Path:
+    path = st.roots.resolve(lid)
+    if not (path / "lab.json").is_file():
+        raise BadRequest(f"{lid!r} is not a lab experiment directory (no lab.json; see /api/labs)")
+    return path
+
+
+@api
+async def lab_report(request: Request, st: State) -> dict:
+    lid = _param(request.query_params, "lab", required=True)
+
+    def work():
+        path = _lab_dir(st, lid)
+        report = path / "report.md"
+        runs = [st.roots.id_of(r) for r in sorted((path / "runs").glob("*")) if r.is_dir() and not r.is_symlink()] \
+            if (path / "runs").is_dir() else []
+        return {"id": lid, "name": path.name, **lab_summary(path), "run_ids": runs,
+                "report": report.read_text(errors="replace") if report.is_file() else None}
+    return await _threaded(work)
+
+
+async def lab_figure(request: Request) -> Response:
+    st = request.app.state.serve
+    try:
+        path = _lab_dir(st, _param(request.query_params, "lab", required=True)) / "figure.png"
+        if not path.is_file() or path.is_symlink():
+            raise NotFound("this experiment has no figure.png yet")
+    except NextokenError as e:
+        return _error(e)
+    return FileResponse(path, media_type="image/png")
+
+
+@api
 async def surprise(request: Request, st: State) -> dict:
     b = await _body(request)
     rid, step = _param(b, "run", required=True), _param(b, "step", int)
@@ -332,6 +409,8 @@ def create_app(paths: list[str | Path], allowed_hosts: list[str] | None = None) 
         Route("/api/surprise", surprise, methods=["POST"]), Route("/api/docs", val_docs),
         Route("/api/sample", sample, methods=["POST"]), Route("/api/sweep", sweep_detail),
         Route("/api/plan", plan_view), Route("/api/laws", laws),
+        Route("/api/inspect", inspect_prompt, methods=["POST"]), Route("/api/labs", list_labs),
+        Route("/api/lab", lab_report), Route("/api/lab/figure", lab_figure),
         *[Route(p, page) for p in PAGES],
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -50,11 +50,16 @@ class ModelCache:
                                    f"{steps})") from None
         raise NextokenError(f"the checkpoints of {run.name} were pruned faster than one loaded; retry")
 
-    def _get(self, run: Run, path: Path) -> Loaded:
+    @staticmethod
+    def key(run: Run, path: Path) -> tuple[str, int]:
+        """(checkpoint path, its trainer.json's mtime): a re-written step is a new model."""
         try:
-            key = (str(path), (path / "trainer.json").stat().st_mtime_ns)  # a re-written step is a new model
+            return str(path), (path / "trainer.json").stat().st_mtime_ns
         except OSError:
             raise NextokenError(f"checkpoint {path.name} of {run.name} was just replaced; retry") from None
+
+    def _get(self, run: Run, path: Path) -> Loaded:
+        key = self.key(run, path)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -85,7 +90,8 @@ def next_logits(loaded: Loaded, prompt: str, top: int = 20, target: str | None =
     """The next-token distribution after `prompt` as the client needs it to reshape it at any temperature
     without a round trip: the top-`top` logits, the log-sum-exp of all the others (exact at temperature 1) and
     a histogram of them (their count and mean logit per bin: sum_j exp(l_j / T) over the rest at other T).
-    With `target`, its first token's id, logit and rank: the cross-entropy of this one prediction."""
+    With `target`, the cross-entropy of all its tokens (inspect.score_target) and its first token's logit and
+    rank in this distribution; with `with_space`, the same for the target after a space."""
     from nextoken.generate import encode_prompt
 
     if not 1 <= top <= 200:
@@ -116,12 +122,24 @@ def next_logits(loaded: Loaded, prompt: str, top: int = 20, target: str | None =
         "lse": lse, "entropy_nats": float(-(p * logp).sum()),
     }
     if target:
-        t_ids = tok.encode(target, add_special_tokens=False).ids
-        if not t_ids:
-            raise NextokenError(f"the target {target[:40]!r} has no character this model's tokenizer knows")
-        t = t_ids[0]
-        out["target"] = {"id": t, "text": _piece(tok, t), "logit": float(logits[t]), "neg_log_p": float(-logp[t]),
-                         "rank": int((logits > logits[t]).sum()) + 1, "tokens_in_target": len(t_ids)}
+        out["target"] = _target(model, tok, ids, logits, logp, target, prompt)
+    return out
+
+
+def _target(model, tok, ids, logits, logp, target: str, prompt: str) -> dict:
+    from nextoken.inspect import score_target
+
+    scored = score_target(model, tok, ids, target, prompt)
+
+    def first(s: dict) -> dict:
+        t = s["tokens"][0]["id"]
+        return {"id": t, "text": _piece(tok, t), "logit": float(logits[t]), "neg_log_p": float(-logp[t]),
+                "rank": int((logits > logits[t]).sum()) + 1, "tokens_in_target": s["tokens_in_target"],
+                "scored": s["text"], "tokens": s["tokens"], "neg_log_p_total": s["neg_log_p"]}
+
+    out = first(scored)
+    if "with_space" in scored:
+        out["with_space"] = first(scored["with_space"])
     return out
 
 

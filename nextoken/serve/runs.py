@@ -37,21 +37,42 @@ class Forbidden(NextokenError):
 
 # ---- roots and ids ---------------------------------------------------------------------------------
 
+def root_names(paths: list[Path]) -> list[str]:
+    """A name per root: its folder's name, or where several share one (lab/a/runs, lab/b/runs), as many of
+    its parents' names as tell them apart (a-runs, b-runs); a numbered suffix only for the same path twice."""
+    def name(p: Path, k: int) -> str:
+        parts = [x for x in p.parts if x not in ("/", "")] or ["root"]
+        return "-".join(parts[-k:])
+
+    k = [1] * len(paths)
+    for _ in range(64):
+        names = [name(p, n) for p, n in zip(paths, k, strict=True)]
+        dup = {n for n in names if names.count(n) > 1}
+        grow = [i for i, n in enumerate(names) if n in dup and k[i] < len(paths[i].parts)]
+        if not grow:
+            break
+        for i in grow:
+            k[i] += 1
+    out: list[str] = []
+    for n in names:
+        base, j = n, 1
+        while n in out:
+            j += 1
+            n = f"{base}-{j}"
+        out.append(n)
+    return out
+
+
 class Roots:
     """The directories `nextoken serve` was given: each a run, a sweep, or a folder of runs and sweeps."""
 
     def __init__(self, paths: list[str | Path]):
-        self.roots: dict[str, Path] = {}
         for p in paths:
-            path = Path(p).absolute()
-            if not path.is_dir():
+            if not Path(p).is_dir():
                 raise NextokenError(f"{p} is not a directory; pass run directories or folders of runs "
                                     "(default ./runs)")
-            name, n = path.name or "root", 1
-            while name in self.roots:
-                n += 1
-                name = f"{path.name}-{n}"
-            self.roots[name] = path
+        absolute = [Path(p).absolute() for p in paths]
+        self.roots: dict[str, Path] = dict(zip(root_names(absolute), absolute, strict=True))
 
     def resolve(self, run_id: str) -> Path:
         """The directory an id names. Raises Forbidden for an id that leaves the roots, NotFound for one that
@@ -83,9 +104,10 @@ class Roots:
                 return f"{name}/{path.relative_to(root).as_posix()}"
         raise AssertionError(path)
 
-    def discover(self) -> tuple[list[Path], list[Path]]:
-        """(run directories, sweep directories) under the roots, two levels deep (a folder of sweeps of runs),
-        hidden folders and symlinks skipped."""
+    def discover(self, labs: list[Path] | None = None) -> tuple[list[Path], list[Path]]:
+        """(run directories, sweep directories) under the roots, three levels deep (a folder of sweeps of
+        runs; lab/EXPERIMENT/runs/RUN), hidden folders and symlinks skipped. Lab experiment directories (with a
+        lab.json) go to `labs` where given."""
         runs, sweeps = [], []
 
         def visit(d: Path, depth: int) -> None:
@@ -94,6 +116,8 @@ class Roots:
                 return
             if (d / "sweep.json").is_file():
                 sweeps.append(d)
+            if labs is not None and (d / "lab.json").is_file():
+                labs.append(d)
             if depth == 0:
                 return
             with contextlib.suppress(OSError):
@@ -103,7 +127,7 @@ class Roots:
                     visit(child, depth - 1)
 
         for root in self.roots.values():
-            visit(root, 2)
+            visit(root, 3)
         return runs, sweeps
 
     def run(self, run_id: str) -> Run:
@@ -242,6 +266,20 @@ def checkpoint_steps(run: Run) -> list[int]:
     return steps
 
 
+SMOOTHING = 0.9  # of the runs table's train loss: an EMA over the logged train lines
+
+
+def smoothed_loss(train: list[dict], beta: float = SMOOTHING) -> float | None:
+    """The train loss as an exponential moving average over the logged lines, debiased (Adam's correction,
+    Kingma & Ba 2015 §3): one batch's loss is noisy, and beside a val loss looks like a gap that is not there."""
+    avg, w = 0.0, 0.0
+    for r in train:
+        v = _finite(r.get("loss"))
+        if v is not None:
+            avg, w = beta * avg + (1 - beta) * v, beta * w + (1 - beta)
+    return avg / w if w else None
+
+
 def summarize(run: Run, rows: list[dict], mtime: float) -> dict:
     """What the runs page shows for one run."""
     cfg = run.config
@@ -256,13 +294,13 @@ def summarize(run: Run, rows: list[dict], mtime: float) -> dict:
         "state": state, "state_why": why,
         "shape": f"{m.n_layer}x{m.d_model}, {m.n_head} heads, ctx {m.block_size}, vocab {m.vocab_size}",
         "step": last.get("step", 0), "max_steps": cfg.train.max_steps, "tokens": last.get("tokens", 0),
-        "train_loss": _finite(last.get("loss")),
+        "train_loss": smoothed_loss(train), "train_loss_last": _finite(last.get("loss")),
         "best_val_loss": _finite(best["loss"]) if best else None,
         "best_val_bpb": _finite(best.get("bits_per_byte")) if best else None,
         "tokens_per_s": _finite(last.get("tokens_per_s")), "mfu": _finite(last.get("mfu")),
         "elapsed_s": _finite(last.get("elapsed_s")),
         "last_incident": events[-1] if events else None,
-        "checkpoints": steps, "updated": mtime,
+        "checkpoints": steps, "updated": mtime, "trained_on": trained_on(run, rows),
     }
 
 
@@ -364,3 +402,39 @@ def config_diff(configs: dict[str, dict]) -> list[dict]:
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             rows.append({"field": k, "values": values})
     return rows
+
+
+# ---- what a run was trained on, and lab reports ----------------------------------------------------
+
+def trained_on(run: Run, rows: list[dict]) -> str:
+    """One line: the data a run learned from (its prepared data's manifest), so a prompt can be judged
+    against it ("The cat sat on the" means little to a model of Python code)."""
+    events = [r for r in rows if r.get("kind") == "event" and r.get("type") == "import"]
+    if events:
+        src = (events[-1].get("detail") or {}).get("source", "a transformers directory")
+        return f"imported from {src}: its own pretraining data"
+    try:
+        cfg = run.config
+        manifest = json.loads((Path(cfg.data.path) / "manifest.json").read_text())
+    except Exception:
+        return "unknown data (its prepared data is not on this machine)"
+    sources = [str(s) for s in manifest.get("sources", [])]
+    names = ["Python's standard library source (code only)" if s == "stdlib" else Path(s).name or s
+             for s in sources]
+    tokens = manifest.get("splits", {}).get("train", {}).get("tokens")
+    tok = manifest.get("tokenizer", "?")
+    tok = {"bpe": "byte-level BPE", "bytes": "bytes"}.get(tok, tok)
+    size = f", {tokens / 1e6:.1f}M train tokens" if isinstance(tokens, int) else ""
+    return f"{', '.join(names) or 'unknown sources'}{size}; {tok} tokenizer, vocabulary {manifest.get('vocab_size')}"
+
+
+def lab_summary(path: Path) -> dict:
+    """An experiment directory of `nextoken lab` (lab.json; figures.json and report.md once measured)."""
+    meta = json.loads((path / "lab.json").read_text())
+    figures = {}
+    with contextlib.suppress(OSError, ValueError):
+        figures = json.loads((path / "figures.json").read_text())
+    return {"experiment": meta.get("experiment"), "budget": meta.get("budget"), "runs": meta.get("runs", []),
+            "claim": figures.get("claim"), "source": figures.get("source"), "verdict": figures.get("verdict"),
+            "why": figures.get("why"), "has_report": (path / "report.md").is_file(),
+            "has_figure": (path / "figure.png").is_file()}

@@ -45,6 +45,7 @@ function every(ms, fn) {
 function errorBox(e) { return h("p", { class: "err" }, e.message || String(e)); }
 const fmt = NT.fmt;
 const pct = v => (v === null || v === undefined) ? "–" : (100 * v).toFixed(1) + "%";
+const fmtP = p => p >= 0.001 ? p.toFixed(3) : p > 0 ? p.toExponential(1) : "0";  // never "p 0.000"
 const showTok = t => JSON.stringify(t).slice(1, -1).replace(/ /g, "\u2423");  // a space shows as ␣
 const stateTag = s => h("span", { class: "state " + s }, s);
 
@@ -65,9 +66,17 @@ async function runPicker(onChange) {
   fillSteps();
   runSel.addEventListener("change", () => { fillSteps(); onChange && onChange(); });
   stepSel.addEventListener("change", () => onChange && onChange());
+  const trained = h("div", { class: "muted trained-on", id: "trained-on" });
+  const showTrained = () => {
+    const r = runs.find(x => x.id === runSel.value);
+    trained.textContent = r && r.trained_on ? "trained on: " + r.trained_on : "";
+  };
+  showTrained();
+  runSel.addEventListener("change", showTrained);
   const box = h("span", {}, h("label", {}, "run "), runSel, " ", h("label", {}, "checkpoint "), stepSel);
   box.get = () => ({ run: runSel.value, step: stepSel.value ? Number(stepSel.value) : null });
   box.empty = runs.length === 0;
+  box.runs = runs; box.runSel = runSel; box.stepSel = stepSel; box.trained = trained;
   return box;
 }
 
@@ -80,7 +89,7 @@ async function pageRuns() {
   every(POLL_MS * 1.5, async () => {
     const data = await api("/api/runs");
     const table = h("table", { id: "runs" },
-      h("tr", {}, ["run", "state", "shape", "step", "train loss", "best val", "bits/byte", "tokens/s", "MFU",
+      h("tr", {}, ["run", "state", "shape", "step", "train loss (EMA)", "best val", "bits/byte", "tokens/s", "MFU",
         "last incident"].map((t, i) => h("th", { class: i >= 3 && i <= 8 ? "num" : "" }, t))));
     for (const r of data.runs) {
       if (r.error) {
@@ -93,7 +102,7 @@ async function pageRuns() {
         onclick: () => { location.href = "/run?run=" + encodeURIComponent(r.id); } },
         h("td", {}, h("a", { href: "/run?run=" + encodeURIComponent(r.id) }, r.id)),
         h("td", {}, stateTag(r.state)), h("td", { class: "muted" }, r.shape),
-        h("td", { class: "num" }, `${r.step} / ${r.max_steps}`), h("td", { class: "num" }, fmt(r.train_loss)),
+        h("td", { class: "num" }, `${r.step} / ${r.max_steps}`), h("td", { class: "num", title: `last batch: ${fmt(r.train_loss_last)}` }, fmt(r.train_loss)),
         h("td", { class: "num" }, fmt(r.best_val_loss)), h("td", { class: "num" }, fmt(r.best_val_bpb)),
         h("td", { class: "num" }, fmt(r.tokens_per_s, 3)), h("td", { class: "num" }, pct(r.mfu)),
         h("td", { class: "muted" }, inc ? `${inc.type} @ ${inc.step}` : ""));
@@ -143,6 +152,7 @@ async function pageRun() {
     h("label", {}, "y"), seg("yaxis", [["log", "log"], ["lin", "linear"]], logY ? "log" : "lin",
       v => { logY = v === "log"; redraw(); }),
     h("a", { href: "/next?run=" + encodeURIComponent(id) }, "next token →"),
+    h("a", { href: "/inspect?run=" + encodeURIComponent(id) }, "inspect →"),
     h("a", { href: "/surprise?run=" + encodeURIComponent(id) }, "surprise →"),
     h("a", { href: "/sample?run=" + encodeURIComponent(id) }, "sample →")),
   h("div", { class: "layout" }, charts, side));
@@ -179,7 +189,7 @@ function drawCurves(box, data, xAxis, logY) {
   box.innerHTML = "";
   const incidents = data.events.filter(e => e.type !== "checkpoint" && e.type !== "compile");
   for (const [title, names] of CURVES) {
-    const series = names.filter(n => data.series[n]).map((n, i) => ({ name: n.replace("_", " "),
+    const series = names.filter(n => data.series[n]).map((n, i) => ({ name: n.replaceAll("_", " "),
       x: data.series[n].x, y: data.series[n].y, color: NT.COLORS[i], dots: n.startsWith("val") }));
     if (!series.length) continue;
     const div = h("div", { class: "card", "data-chart": names[0] });
@@ -252,12 +262,17 @@ async function pageNext() {
   const readout = h("div", { class: "readout" });
   const bars = h("div", { class: "bars", id: "bars" });
   const info = h("p", { class: "muted", id: "next-info" });
-  app.append(h("div", { class: "controls" }, picker, h("label", {}, "top"), topN),
+  const scoredBox = h("div", { class: "note", id: "target-scored" });
+  const example = (p, t) => h("button", { class: "ghost", onclick: () => { prompt.value = p; target.value = t; truth = null; ask(); } },
+    JSON.stringify(p + "…"));
+  app.append(h("div", { class: "controls" }, picker, h("label", {}, "top"), topN), picker.trained,
+    h("div", { class: "controls" }, h("label", {}, "examples"), example("The cat sat on the", "mat"),
+      example("for i in range(", "10"), example("import os\nimport", "sys")),
     prompt,
-    h("div", { class: "controls" }, h("label", {}, "true next token "), target,
+    h("div", { class: "controls" }, h("label", {}, "true next text "), target,
       h("label", {}, "temperature "), temp, tempLabel,
       h("button", { class: "ghost", onclick: () => { temp.value = 0; render(); } }, "T = 1")),
-    h("h2", {}, "The prompt as the model sees it"), tokens, info, readout, bars,
+    h("h2", {}, "The prompt as the model sees it"), tokens, info, scoredBox, readout, bars,
     h("p", { class: "note" }, "Temperature divides the logits before the softmax: it reshapes what sampling draws ",
       "from. The loss is always measured at temperature 1, so the cross-entropy of the true token does not change ",
       "as you drag the slider. e^H is the number of equally likely tokens with the same entropy: the model's ",
@@ -277,6 +292,19 @@ async function pageNext() {
         target: target.value || null });
     } catch (e) { bars.innerHTML = ""; bars.append(errorBox(e)); return; }
     truth = data.target ? data.target.id : truth;
+    scoredBox.innerHTML = "";
+    const tg = data.target;
+    if (tg) {
+      const pieces = t => t.tokens.map(x => `${showTok(x.text)} ${x.neg_log_p.toFixed(2)}`).join(" + ");
+      scoredBox.append(`scored “${showTok(tg.scored)}” as ${tg.tokens_in_target} token${tg.tokens_in_target > 1 ? "s" : ""}: `,
+        h("b", {}, `${tg.neg_log_p_total.toFixed(3)} nats`), ` (${pieces(tg)}; each token from the prompt and the true tokens before it). The bars show its first token.`);
+      if (tg.with_space) {
+        const w = tg.with_space;
+        scoredBox.append(h("br"), `With the leading space this tokenizer glues to a word, “${showTok(w.scored)}” costs `,
+          h("b", {}, `${w.neg_log_p_total.toFixed(3)} nats`), ` (first token rank #${w.rank}) `,
+          h("button", { class: "ghost", id: "use-space", onclick: () => { target.value = w.scored; truth = null; ask(); } }, "score that instead"));
+      }
+    }
     tokens.innerHTML = "";
     for (const t of data.prompt_tokens) tokens.append(h("span", { class: "tok", title: "id " + t.id }, showTok(t.text)));
     info.textContent = `${data.prompt_tokens.length} tokens · ${data.checkpoint} · vocabulary ${data.vocab_size}`;
@@ -338,9 +366,10 @@ async function pageSurprise() {
   const docs = h("select", { id: "doc" }, h("option", { value: "" }, "— or a val document —"));
   const out = h("div", { id: "surprise" });
   const go = h("button", { id: "score", onclick: () => score() }, "Score");
-  app.append(h("div", { class: "controls" }, picker, docs), text, h("div", { class: "controls" }, go,
-    h("span", { class: "note" }, "Each token is shaded by its loss, \u2212log p of it given the text before it; hover for what the model expected instead.")), out);
+  app.append(h("div", { class: "controls" }, picker, docs), picker.trained, text, h("div", { class: "controls" }, go,
+    h("span", { class: "note" }, "Teacher forcing: every token is scored at once, from the true text before it (not from what the model would have written). Each is shaded by its loss, \u2212log p; hover for what the model expected instead.")), out);
   docs.addEventListener("change", () => { if (docs.value !== "") score(); });
+  text.addEventListener("input", () => { docs.value = ""; });  // your own text now: Score scores it
 
   async function loadDocs() {
     docs.length = 1;
@@ -359,18 +388,23 @@ async function pageSurprise() {
     let d;
     try { d = await api("/api/surprise", body); } catch (e) { out.innerHTML = ""; out.append(errorBox(e)); return; }
     out.innerHTML = "";
-    const card = (title, value, id) => h("div", { class: "card", id }, h("small", {}, title), h("b", {}, value));
+    if (body.doc !== undefined) text.value = d.tokens.map(t => t.text).join("");  // the document, to edit
+    const card = (title, value, id, sub) => h("div", { class: "card", id }, h("small", {}, title), h("b", {}, value),
+      sub ? h("small", {}, sub) : null);
+    const bpt = d.loss / Math.LN2;
     out.append(h("div", { class: "readout" },
-      card("loss", d.loss.toFixed(3) + " nats/token", "s-loss"), card("perplexity", d.ppl.toFixed(2), "s-ppl"),
-      card("bits per byte", d.bits_per_byte.toFixed(3), "s-bpb"),
+      card("loss (cross-entropy)", d.loss.toFixed(3) + " nats/token", "s-loss", "mean \u2212log p over the tokens"),
+      card("perplexity", d.ppl.toFixed(2), "s-ppl", `= e^loss = e^${d.loss.toFixed(3)}`),
+      card("bits per byte", d.bits_per_byte.toFixed(3), "s-bpb",
+        `= loss / ln 2 \u00d7 tokens / bytes = ${bpt.toFixed(3)} \u00d7 ${d.n_tokens}/${d.n_bytes}`),
       card("tokens / bytes", `${d.n_tokens} / ${d.n_bytes}${d.truncated ? " (first 2048 tokens)" : ""}`, "s-n")));
     const scale = Math.max(2 * d.loss, 1);
     const box = h("div", { class: "text-surprise card" });
     for (const t of d.tokens) {
       const span = h("span", { "data-loss": t.loss.toFixed(3) }, t.text);
       span.style.background = lossColor(t.loss, scale);
-      const alts = t.alternatives.map(a => `  ${showTok(a.text).padEnd(6)} p ${a.p.toFixed(3)}`).join("\n");
-      const tipText = `${showTok(t.text)}: \u2212log p = ${t.loss.toFixed(3)} nats (p ${Math.exp(-t.loss).toFixed(3)})\nexpected:\n${alts}`;
+      const alts = t.alternatives.map(a => `  ${showTok(a.text).padEnd(6)} p ${fmtP(a.p)}`).join("\n");
+      const tipText = `${showTok(t.text)}: \u2212log p = ${t.loss.toFixed(3)} nats (p ${fmtP(Math.exp(-t.loss))})\nexpected:\n${alts}`;
       span.addEventListener("mousemove", e => NT.tip(e, tipText));
       span.addEventListener("mouseleave", e => NT.tip(e, null));
       box.append(span);
@@ -471,9 +505,9 @@ async function pageCompare() {
       NT.chart(div, { title, series, logY: logY && name !== "val_bpb" && !name.startsWith("task/"), xLabel: X_LABEL[xAxis] });
     }
     const cmp = await api("/api/compare?" + ids.map(id => "run=" + encodeURIComponent(id)).join("&"));
-    const t = h("table", { class: "mono" }, h("tr", {}, h("th", {}, "field"), ids.map(id => h("th", {}, id))));
+    const t = h("table", { class: "mono diff" }, h("tr", {}, h("th", {}, "field"), ids.map(id => h("th", {}, id))));
     for (const row of cmp.diff) t.append(h("tr", {}, h("td", {}, row.field), ids.map(id => h("td", {}, JSON.stringify(row.values[id])))));
-    diff.append(cmp.diff.length ? t : h("p", { class: "muted" }, "Same config."));
+    diff.append(cmp.diff.length ? h("div", { class: "scroll" }, t) : h("p", { class: "muted" }, "Same config."));
   }
   draw();
 }

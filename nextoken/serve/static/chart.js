@@ -144,7 +144,7 @@ function render(svg, opts) {
 
   for (const ev of opts.events || []) {
     const x = sx(ev.x);
-    if (!isFinite(x)) continue;
+    if (!isFinite(x) || x < m.l - 0.5 || x > W - m.r + 0.5) continue;  // outside this chart's x range
     const color = NT.EVENT_COLORS[ev.type] || "#868e96";
     el("line", { class: "event", x1: x, x2: x, y1: m.t, y2: H - m.b, stroke: color }, svg);
     const dot = el("circle", { class: "event-dot", cx: x, cy: m.t + 4, r: 4.5, fill: color }, svg);
