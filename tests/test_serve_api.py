@@ -363,11 +363,12 @@ def test_sample_bad_inputs(client, body):
 
 # ---- pages, hosts, ports ----
 
-@pytest.mark.parametrize("path", ["/", "/run", "/compare", "/next", "/surprise", "/sample", "/scaling"])
+@pytest.mark.parametrize("path", ["/", "/run", "/compare", "/next", "/inspect", "/surprise", "/sample", "/scaling",
+                                  "/labs"])
 def test_pages_and_static_files_are_served(client, path):
     r = client.get(path)
     assert r.status_code == 200 and "/static/app.js" in r.text
-    for asset in ("/static/app.js", "/static/chart.js", "/static/style.css"):
+    for asset in ("/static/app.js", "/static/chart.js", "/static/inspect.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
 
 
@@ -496,3 +497,108 @@ def test_a_run_being_trained_shows_live(tmp_path, bytes_data):
     running = [n for s, n in seen if s == "running"]
     assert len(set(running)) >= 2, seen  # seen running at two different lengths at least
     assert c.get("/api/run", params={"run": "root/live"}).json()["state"] == "finished"
+
+
+# ---- inside the model ----
+
+def test_inspect_attention_rows_sum_to_one_and_are_causal(client):
+    body = client.post("/api/inspect", json={"run": "runs/clean", "prompt": "def alpha(beta):"}).json()
+    T = len(body["tokens"])
+    assert "".join(t["text"] for t in body["tokens"]) == "def alpha(beta):" and not body["bidirectional"]
+    att = np.array(body["attention"])
+    assert att.shape == (2, 2, T, T)
+    assert np.allclose(att.sum(-1), 1.0, atol=1e-3)  # rounded to 4 decimals for the wire
+    assert np.triu(att, 1).max() == 0.0
+    assert len(body["residual_norm"]) == 2 and len(body["embedding_norm"]) == T
+    assert body["checkpoints"] == [20, 30] and body["step"] == 30
+
+
+def test_inspect_logit_lens_last_layer_is_the_next_token_distribution(client):
+    prompt = "for x in "
+    ins = client.post("/api/inspect", json={"run": "runs/clean", "prompt": prompt, "top": 5}).json()
+    nxt = client.post("/api/next", json={"run": "runs/clean", "prompt": prompt, "top": 5}).json()
+    last = ins["lens"][-1]["positions"][-1]["top"]
+    assert [t["id"] for t in last] == [t["id"] for t in nxt["top"]]
+    for t, ref in zip(last, nxt["top"], strict=True):
+        assert t["p"] == pytest.approx(math.exp(ref["logit"] - nxt["lse"]), abs=1e-5)
+    assert [t["id"] for t in ins["final"]["top"][:5]] == [t["id"] for t in last]
+    # every position: the lens's true-token rank is that of the next prompt token
+    tf = {f["position"]: f for f in ins["teacher_forcing"]["positions"]}
+    for pos, cell in enumerate(ins["lens"][-1]["positions"][:-1]):
+        assert cell["true_p"] == pytest.approx(math.exp(-tf[pos]["neg_log_p"]), abs=1e-5)
+
+
+def test_checkpoint_slider_endpoints_equal_nextoken_next(client, served, capsys):
+    from nextoken.cli import main
+
+    prompt = "def alpha"
+    for step in (20, 30):  # the run's first and last checkpoints: the slider's two ends
+        ins = client.post("/api/inspect", json={"run": "runs/clean", "prompt": prompt, "step": step}).json()
+        assert ins["step"] == step
+        assert main(["next", str(served / "clean"), "--prompt", prompt, "--step", str(step), "--json"]) == 0
+        ref = json.loads(capsys.readouterr().out)
+        got = {t["id"]: t["p"] for t in ins["final"]["top"]}
+        for row in ref["top"]:
+            assert got[row["id"]] == pytest.approx(row["prob"], abs=1e-5)
+        assert ins["final"]["entropy_nats"] == pytest.approx(ref["entropy_nats"], abs=1e-4)
+    early = client.post("/api/inspect", json={"run": "runs/clean", "prompt": prompt, "step": 20}).json()
+    assert early["final"] != ins["final"]  # training moved the prediction
+
+
+def test_inspect_is_cached_and_checks_its_input(client):
+    st = client.app.state.serve
+    body = {"run": "runs/faults", "prompt": "x = 1", "target": "0"}
+    first = client.post("/api/inspect", json=body).json()
+    n = len(st.inspections)
+    assert client.post("/api/inspect", json=body).json() == first and len(st.inspections) == n
+    assert first["target"]["tokens_in_target"] == 1 and first["target"]["text"] == "0"
+    for bad, status in [({"run": "runs/clean", "top": 0}, 400), ({"run": "runs/clean", "step": 7}, 400),
+                        ({"run": "runs/../x"}, 403)]:
+        r = client.post("/api/inspect", json=bad)
+        assert r.status_code == status and "\n" not in r.json()["error"]
+
+
+def test_next_token_scores_the_whole_target(client):
+    body = client.post("/api/next", json={"run": "runs/clean", "prompt": "def ", "target": "alpha"}).json()
+    t = body["target"]
+    assert t["scored"] == "alpha" and t["tokens_in_target"] == len(t["tokens"]) == 5  # bytes: one per character
+    assert t["neg_log_p_total"] == pytest.approx(sum(x["neg_log_p"] for x in t["tokens"]))
+    assert t["tokens"][0]["neg_log_p"] == pytest.approx(t["neg_log_p"], abs=1e-5)
+    assert "with_space" not in t  # the byte tokenizer does not glue spaces to words
+
+
+def test_lab_runs_three_levels_deep_a_lab_view_and_distinct_root_names(served, tmp_path):
+    lab = tmp_path / "lab"
+    exp = lab / "warmup-smoke"
+    shutil.copytree(served / "clean", exp / "runs" / "short")
+    (exp / "lab.json").write_text(json.dumps({"experiment": "warmup", "budget": "smoke", "runs": ["short"]}))
+    (exp / "figures.json").write_text(json.dumps({"claim": "warmup helps", "verdict": "held", "why": "because"}))
+    (exp / "report.md").write_text("# warmup\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    c = starlette_testclient.TestClient(create_app([lab]))
+    assert [r["id"] for r in c.get("/api/runs").json()["runs"]] == ["lab/warmup-smoke/runs/short"]
+    labs = c.get("/api/labs").json()["labs"]
+    assert labs == [{"id": "lab/warmup-smoke", "name": "warmup-smoke", "experiment": "warmup", "budget": "smoke",
+                     "runs": ["short"], "claim": "warmup helps", "source": None, "verdict": "held", "why": "because",
+                     "has_report": True, "has_figure": False}]
+    rep = c.get("/api/lab", params={"lab": "lab/warmup-smoke"}).json()
+    assert rep["report"].startswith("# warmup") and rep["run_ids"] == ["lab/warmup-smoke/runs/short"]
+    assert c.get("/api/lab", params={"lab": "lab/warmup-smoke/runs"}).status_code == 400
+    assert c.get("/api/lab/figure", params={"lab": "lab/warmup-smoke"}).status_code == 404
+    assert c.get("/api/lab", params={"lab": "lab/../x"}).status_code == 403
+    # several roots all named runs: told apart by their parents
+    for name in ("a", "b"):
+        shutil.copytree(served / "clean", tmp_path / name / "runs" / "r")
+    c = starlette_testclient.TestClient(create_app([tmp_path / "a" / "runs", tmp_path / "b" / "runs"]))
+    assert sorted(c.get("/api/runs").json()["roots"]) == ["a-runs", "b-runs"]
+    assert c.post("/api/next", json={"run": "b-runs/r", "prompt": "x"}).status_code == 200
+
+
+def test_runs_table_train_loss_is_smoothed(client, served):
+    from nextoken.serve.runs import smoothed_loss
+
+    run = client.get("/api/runs").json()["runs"][0]
+    rows = Run(served / run["id"].split("/", 1)[1]).last_per_step("train")
+    assert run["train_loss"] == pytest.approx(smoothed_loss(rows))
+    assert run["train_loss_last"] == pytest.approx(rows[-1]["loss"])
+    assert smoothed_loss([{"loss": 2.0}] * 3) == pytest.approx(2.0)  # debiased: a constant stays itself
+    assert "trained_on" in run and "bytes" in run["trained_on"]

@@ -128,6 +128,61 @@ def test_runs_curves_and_next_token_in_chromium(server, shots, tmp_path):
     assert requests and not off, off
 
 
+def test_inspect_page_slider_heads_and_lens(server, shots):
+    """The inside-the-model page: tokens, attention grid, logit lens; the checkpoint slider moves through
+    training, a head enlarges on click, hovering a query names where it attends. Its screenshot is the
+    README's (NEXTOKEN_SCREENSHOTS=docs/img)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(60_000)
+            page.on("request", lambda r: requests.append(r.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            page.goto(server + "/inspect?run=runs%2Ftiny")
+            expect(page.locator("#trained-on")).to_contain_text("trained on")
+            page.locator("#prompt").fill("for alpha in beta:")
+            page.locator("#target").fill(" r")
+            expect(page.locator("#ins-tokens .tok-id")).to_have_count(18)  # bytes: one token per character
+            expect(page.locator("#inspect")).to_have_attribute("data-step", "40")
+            assert page.locator("#att-grid canvas.att-mini").count() == 4  # 2 layers x 2 heads
+            assert page.locator("#lens tr").count() == 3 + 1  # header, the embedding, 2 layers
+            lens_last = page.locator("#lens").inner_text()
+            # the slider to its first checkpoint: the whole page shows step 10
+            slider = page.locator("#ckpt")
+            slider.focus()
+            page.keyboard.press("Home")
+            expect(page.locator("#ckpt-step")).not_to_have_text("step 40")
+            first = page.locator("#ckpt-step").inner_text().split()[1]  # the run keeps its last checkpoints
+            expect(page.locator("#inspect")).to_have_attribute("data-step", first)
+            assert page.locator("#lens").inner_text() != lens_last  # the lens earlier in training is another
+            page.keyboard.press("End")
+            expect(page.locator("#inspect")).to_have_attribute("data-step", "40")
+            # a head, enlarged; hovering a query row names where it attends
+            page.click('#att-grid canvas[data-layer="1"][data-head="1"]')
+            expect(page.locator("#att-label")).to_contain_text("layer 2, head 2")
+            expect(page.locator("#att-label")).to_contain_text("causal mask")
+            box = page.locator("#att-big").bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.9)
+            expect(page.locator("#att-query")).to_contain_text("attends to")
+            expect(page.locator("#ins-target")).to_contain_text("cross-entropy")
+            expect(page.locator("#stage-7")).to_contain_text("perplexity e^loss")
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.9)
+            page.set_viewport_size({"width": 1360, "height": 2400})  # all at once: no sticky header mid-page
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(shots / "serve-inspect.png"), clip={"x": 0, "y": 0, "width": 1360, "height": 1720})
+            assert not errors, errors
+        finally:
+            browser.close()
+    off = [u for u in requests if not u.startswith(server) and not u.startswith("data:")]
+    assert requests and not off, off
+
+
 def test_surprise_sample_and_compare_pages(server, shots):
     from playwright.sync_api import expect, sync_playwright
 
@@ -148,7 +203,14 @@ def test_surprise_sample_and_compare_pages(server, shots):
             page.locator("#doc option").nth(1).wait_for(state="attached")
             page.select_option("#doc", index=1)
             expect(page.locator("#s-n b")).not_to_have_text(pasted)  # the val document replaced the pasted text
-            page.locator(".text-surprise span[data-loss]").nth(5).hover()
+            doc_n = page.locator("#s-n b").inner_text()
+            page.locator("#text").fill("x = 1\n")  # your own text after a document: Score scores it
+            page.click("#score")
+            expect(page.locator("#s-n b")).to_have_text("6 / 6")
+            assert doc_n != "6 / 6"
+            expect(page.locator("#s-ppl")).to_contain_text("e^loss")
+            assert "p 0.000" not in page.locator(".text-surprise").evaluate("e => e.innerHTML")
+            page.locator(".text-surprise span[data-loss]").nth(2).hover()
             expect(page.locator("#tip")).to_contain_text("expected")
             page.screenshot(path=str(shots / "serve-surprise.png"), full_page=True)
 

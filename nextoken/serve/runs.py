@@ -424,7 +424,8 @@ def trained_on(run: Run, rows: list[dict]) -> str:
     tokens = manifest.get("splits", {}).get("train", {}).get("tokens")
     tok = manifest.get("tokenizer", "?")
     tok = {"bpe": "byte-level BPE", "bytes": "bytes"}.get(tok, tok)
-    size = f", {tokens / 1e6:.1f}M train tokens" if isinstance(tokens, int) else ""
+    size = "" if not isinstance(tokens, int) else f", {tokens / 1e6:.1f}M train tokens" if tokens >= 1e6 else \
+        f", {tokens:,} train tokens"
     return f"{', '.join(names) or 'unknown sources'}{size}; {tok} tokenizer, vocabulary {manifest.get('vocab_size')}"
 
 

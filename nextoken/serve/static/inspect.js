@@ -193,7 +193,7 @@
 
       // 7. cross-entropy and teacher forcing
       const tf = d.teacher_forcing;
-      const tft = h("table", { class: "mono", id: "forcing" }, h("tr", {}, ["position", "input", "true next", "model's top", "\u2212log p (nats)"].map(x => h("th", {}, x))));
+      const tft = h("table", { class: "mono compact", id: "forcing" }, h("tr", {}, ["position", "input", "true next", "model's top", "\u2212log p (nats)"].map(x => h("th", {}, x))));
       for (const f of tf.positions) {
         tft.append(h("tr", {}, h("td", {}, f.position), h("td", {}, showTok(f.input)), h("td", {}, showTok(f.true)),
           h("td", { class: f.predicted === f.true ? "good" : "" }, showTok(f.predicted)), h("td", { class: "num" }, f.neg_log_p.toFixed(3))));
