@@ -19,6 +19,7 @@ own token (as it would were it [MASK]).
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -85,10 +86,12 @@ def _glues_spaces(tokenizer) -> bool:
 
 class _Capture:
     """Forward hooks that keep, for one forward pass, the embedding (the first block's input), each attention
-    module's input and positions (its args), and each block's output (the residual stream after it)."""
+    module's input and positions (its args), and each block's output (the residual stream after it). They
+    record only this thread's forward: a server runs other requests through the same model meanwhile."""
 
     def __init__(self, model):
         self.model, self.embed, self.attn_in, self.resid = model, None, [], []
+        self.thread = threading.get_ident()
 
     def __enter__(self):
         blocks = self.model.blocks
@@ -103,14 +106,18 @@ class _Capture:
             h.remove()
 
     def _embed(self, module, args):
-        self.embed = args[0]
+        if threading.get_ident() == self.thread:
+            self.embed = args[0]
 
     def _attn(self, module, args, kwargs):
+        if threading.get_ident() != self.thread:
+            return
         rope = args[1] if len(args) > 1 else kwargs.get("rope")
         self.attn_in.append((args[0] if args else kwargs["x_BTD"], rope))
 
     def _block(self, module, args, out):
-        self.resid.append(out)
+        if threading.get_ident() == self.thread:
+            self.resid.append(out)
 
 
 def attention_probs(attn, x_BTD: torch.Tensor, rope) -> torch.Tensor:

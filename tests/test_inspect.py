@@ -114,3 +114,31 @@ def test_plot_perplexity_axis_has_ticks_over_the_whole_range():
     ticks = ppl.get_yticks()
     plt.close(fig)
     assert min(ticks) <= 5 and any(10 <= t <= 100 for t in ticks) and max(ticks) >= 500
+
+
+def test_hooks_record_only_their_own_thread():
+    """A server runs other requests through the same model while one is inspected: the capture ignores them."""
+    import threading
+
+    m = model()
+    ref = trace(m, IDS)
+    stop, errors = threading.Event(), []
+
+    def other():
+        with torch.no_grad():
+            while not stop.is_set():
+                m(torch.tensor([[1, 2, 3]]))
+
+    threads = [threading.Thread(target=other) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(20):
+            got = trace(m, IDS)
+            if not torch.equal(got["attention"], ref["attention"]) or not torch.equal(got["lens"], ref["lens"]):
+                errors.append("mixed")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors

@@ -56,8 +56,8 @@ class State:
         self.models = M.ModelCache()
         self.curves: OrderedDict[tuple, dict] = OrderedDict()  # (run, metrics bytes read, x, buckets): polls of
         self.curves_lock = threading.Lock()                     # an unchanged run cost nothing
-        self.inspections: OrderedDict[tuple, dict] = OrderedDict()  # (checkpoint, its mtime, prompt, target, top)
-        self.inspections_lock = threading.Lock()
+        self.inspections: OrderedDict[tuple, bytes] = OrderedDict()  # (checkpoint, mtime, prompt, target, top):
+        self.inspections_lock = threading.Lock()                       # the JSON, encoded once
         self.started = time.time()
 
 
@@ -236,12 +236,13 @@ async def inspect_prompt(request: Request, st: State) -> dict:
                 return st.inspections[key]
         out = {"run": rid, "checkpoints": [int(p.name.removeprefix("step_")) for p in run.checkpoints()],
                **inspect(loaded, prompt, target, top)}
+        body = json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
         with st.inspections_lock:
-            st.inspections[key] = out
-            while len(st.inspections) > 32:
+            st.inspections[key] = body
+            while len(st.inspections) > 16:  # up to ~7 MB each: a 124M model at 64 tokens
                 st.inspections.popitem(last=False)
-        return out
-    return await _threaded(work)
+        return body
+    return Response(await _threaded(work), media_type="application/json")
 
 
 @api

@@ -9,19 +9,30 @@
   // white to blue by a value in [0, 1]
   const blue = v => `rgba(47, 95, 208, ${(0.04 + 0.9 * Math.max(0, Math.min(1, v))).toFixed(3)})`;
 
-  // one head's attention map on a canvas: row = query, column = key; masked (future) keys hatched grey
+  // one head's attention map on a canvas: row = query, column = key; masked (future) keys checkered grey.
+  // One pixel per cell in an ImageData, scaled up without smoothing: 144 maps of 64 x 64 draw in milliseconds.
   function drawMap(canvas, A, size, causal, hoverRow) {
-    const T = A.length, cell = size / T, ctx = canvas.getContext("2d");
-    canvas.width = canvas.height = size;
-    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, size, size);
+    const T = A.length, img = new ImageData(T, T), px = img.data;
     for (let q = 0; q < T; q++) {
       for (let k = 0; k < T; k++) {
-        if (causal && k > q) { ctx.fillStyle = (q + k) % 2 ? "#e9e9e6" : "#f4f4f2"; }
-        else ctx.fillStyle = blue(Math.sqrt(A[q][k]));
-        ctx.fillRect(k * cell, q * cell, Math.ceil(cell), Math.ceil(cell));
+        const o = 4 * (q * T + k);
+        if (causal && k > q) { const g = (q + k) % 2 ? 233 : 244; px[o] = g; px[o + 1] = g; px[o + 2] = g - 2; }
+        else {
+          const a = 0.04 + 0.9 * Math.sqrt(Math.max(0, Math.min(1, A[q][k])));  // blue(): alpha over white
+          px[o] = Math.round(255 + (47 - 255) * a); px[o + 1] = Math.round(255 + (95 - 255) * a); px[o + 2] = Math.round(255 + (208 - 255) * a);
+        }
+        px[o + 3] = 255;
       }
     }
+    const src = document.createElement("canvas");
+    src.width = src.height = T;
+    src.getContext("2d").putImageData(img, 0, 0);
+    canvas.width = canvas.height = size;
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(src, 0, 0, size, size);
     if (hoverRow !== null && hoverRow !== undefined) {
+      const cell = size / T;
       ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2;
       ctx.strokeRect(1, hoverRow * cell + 1, size - 2, cell - 2);
     }
