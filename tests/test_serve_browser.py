@@ -107,6 +107,9 @@ def test_runs_curves_and_next_token_in_chromium(server, shots, tmp_path):
             page.locator("#bars .bar[data-id]").first.wait_for()
             page.locator("#target").fill("t")
             page.locator("#bars .bar.truth").wait_for()
+            expect(page.locator("#target-scored")).to_contain_text("as 1 token")  # says exactly what was scored
+            expect(page.locator("#trained-on")).to_contain_text("trained on: corpus")
+            expect(page.locator("header .brand")).to_have_text("nextoken")
             before = page.locator("#bars .bar[data-id] .p").all_inner_texts()
             entropy_before = page.locator("#entropy b").inner_text()
             loss_before = page.locator("#loss b").inner_text()

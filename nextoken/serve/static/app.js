@@ -460,7 +460,7 @@ async function pageSample() {
     } catch (e) { if (e.name !== "AbortError") out.append(errorBox(e)); }
     finally { controller = null; go.textContent = "Generate"; }
   });
-  app.append(h("div", { class: "controls" }, picker), prompt,
+  app.append(h("div", { class: "controls" }, picker), picker.trained, prompt,
     h("div", { class: "controls" }, h("label", {}, "temperature"), temp, h("label", {}, "top-k"), topK,
       h("label", {}, "top-p"), topP, h("label", {}, "tokens"), n, h("label", {}, "seed"), seed, go), meta, out);
 }
