@@ -54,7 +54,7 @@ def score_continuation(model, ids: list[int], cont: list[int]) -> list[float]:
 def score_target(model, tokenizer, ids: list[int], target: str, prompt: str) -> dict:
     """The cross-entropy of `target` as the continuation of `ids` (the prompt's), every token of it; and, where
     the target has no leading space but the tokenizer glues a space to the word after it (' mat' is one
-    token) and the prompt ends in a word, the same for ' ' + target: which one the text means is the user's
+    token) and the prompt ends in a non-space, the same for ' ' + target: which one the text means is the user's
     call, the page shows both."""
     def one(text: str) -> dict:
         t_ids = target_ids(tokenizer, text)[:model.cfg.block_size // 2]
@@ -64,8 +64,7 @@ def score_target(model, tokenizer, ids: list[int], target: str, prompt: str) -> 
                 "neg_log_p": sum(nl), "tokens_in_target": len(t_ids)}
 
     out = one(target)
-    if (target[:1].isalnum() and prompt[-1:].strip() and not prompt[-1:].isspace()
-            and _glues_spaces(tokenizer)):
+    if target[:1].isalnum() and prompt[-1:].strip() and _glues_spaces(tokenizer):
         out["with_space"] = one(" " + target)
     return out
 

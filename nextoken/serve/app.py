@@ -219,7 +219,7 @@ async def next_token(request: Request, st: State) -> dict:
 
 
 @api
-async def inspect_prompt(request: Request, st: State) -> dict:
+async def inspect_prompt(request: Request, st: State) -> Response:
     from nextoken.inspect import inspect
 
     b = await _body(request)

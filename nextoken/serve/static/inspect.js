@@ -9,6 +9,8 @@
   // white to blue by a value in [0, 1]
   const blue = v => `rgba(47, 95, 208, ${(0.04 + 0.9 * Math.max(0, Math.min(1, v))).toFixed(3)})`;
 
+  const shade = (td, v) => { td.style.background = blue(v); if (v > 0.55) td.classList.add("dark"); };
+
   // one head's attention map on a canvas: row = query, column = key; masked (future) keys checkered grey.
   // One pixel per cell in an ImageData, scaled up without smoothing: 144 maps of 64 x 64 draw in milliseconds.
   function drawMap(canvas, A, size, causal, hoverRow) {
@@ -122,7 +124,7 @@
         h("tr", {}, h("th", {}, ""), d.tokens.map(t => h("th", {}, showTok(t.text)))));
       for (const [name, vals] of rows) {
         resid.append(h("tr", {}, h("th", {}, name), vals.map(v => {
-          const td = h("td", { title: `‖residual‖ = ${v}` }, v.toFixed(1)); td.style.background = blue(v / maxR); return td;
+          const td = h("td", { title: `‖residual‖ = ${v}` }, v.toFixed(1)); shade(td, v / maxR); return td;
         })));
       }
       out.append(stage(3, `${L} transformer layers: the residual stream`, h("div", { class: "scroll" }, resid),
@@ -179,7 +181,7 @@
           const td = h("td", { class: hit ? "hit" : "", title: c.top.map(x => `${showTok(x.text)} ${fmtP(x.p)}`).join("\n") +
             (c.true_rank ? `\ntrue token: rank ${c.true_rank}, p ${fmtP(c.true_p)}` : "") },
             showTok(top.text), c.true_rank ? h("sub", {}, "#" + c.true_rank) : null);
-          td.style.background = blue(top.p);
+          shade(td, top.p);
           return td;
         })));
       }
