@@ -476,3 +476,81 @@ def test_missing_extra_names_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
     _refused(capsys, ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")], "nextoken[hf]")
     assert not (tmp_path / "run").exists()
+
+
+# ---- training with the families' options ----
+
+def test_gqa_and_qk_norm_run_trains_resumes_bit_identically_and_exports(tmp_path, bytes_data):
+    import shutil
+
+    from conftest import tiny_config
+    from safetensors.torch import load_file
+
+    from nextoken.api import train
+
+    opts = dict(model__pos="rope", model__norm_type="rmsnorm", model__mlp="swiglu", model__n_head=4,
+                model__n_kv_head=1, model__qk_norm=True, train__ckpt_every=10, train__keep=5)
+    train(tiny_config(bytes_data, **opts), tmp_path / "full", quiet=True)
+    split = tmp_path / "split"
+    train(tiny_config(bytes_data, **opts), split, quiet=True)
+    shutil.rmtree(split / "checkpoints" / "step_00000020")  # "crashed" after its step-10 checkpoint
+    (split / "checkpoints" / "latest").write_text("step_00000010\n")
+    train(tiny_config(bytes_data, **opts), split, resume=True, quiet=True)
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000020" / "model.safetensors"))
+    b = load_file(str(split / "checkpoints" / "step_00000020" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a["blocks.0.attn.qkv.weight"].shape == ((4 + 2 * 1) * 8, 32)  # 4 query heads, 1 key/value head of 8
+    losses = [r["loss"] for r in Run(tmp_path / "full").last_per_step("train")]
+    assert losses[-1] < losses[0] - 0.5, losses  # it learns
+    res = export(tmp_path / "full", tmp_path / "hf")
+    assert res["architecture"] == "Qwen3ForCausalLM" and res["max_abs_diff"] <= TOL
+
+
+# ---- special tokens ----
+
+def test_export_writes_special_tokens_and_a_pad_token_and_generation_stops_at_eos(tmp_path):
+    run = _nextoken_run(tmp_path / "run", "gpt_neox", tied=False, bias=True)
+    eot = bytes_tokenizer().token_to_id(EOT)
+    # every position's final norm gives the same vector, and only eos's output row reads it: greedy is all eos
+    path = next((run / "checkpoints").glob("step_*")) / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    sd["norm_f.weight"].zero_()
+    sd["norm_f.bias"].fill_(1.0)
+    sd["lm_head.weight"].zero_()
+    sd["lm_head.weight"][eot] = 1.0
+    save_file(sd, str(path))
+    export(run, tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert cfg["eos_token_id"] == cfg["pad_token_id"] == gen["eos_token_id"] == gen["pad_token_id"] == eot
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    batch = tok(["a", "abc"], padding=True)  # raised before: no pad token
+    assert batch["input_ids"][0] == [ord("a"), eot, eot] and batch["attention_mask"][0] == [1, 0, 0]
+    hf = _load_hf(tmp_path / "hf").eval()
+    out = hf.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10, do_sample=False)
+    assert out[0].tolist() == [1, 2, 3, eot]  # stopped at eos
+
+
+def test_import_keeps_the_models_own_special_tokens_through_export(tmp_path):
+    tok = bytes_tokenizer()
+    tok.add_special_tokens(["<s>", "</s>", "<pad>"])  # ids 257, 258, 259 after <|endoftext|> (256)
+    bos, eos, pad = (tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
+    cfg = transformers.LlamaConfig(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, hidden_size=32,
+                                   intermediate_size=64, max_position_embeddings=64, vocab_size=260,
+                                   bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(str(tmp_path / "hf"))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                         pad_token="<pad>").save_pretrained(str(tmp_path / "hf"))
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "special_tokens.json").read_text()) == {
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    export(tmp_path / "run", tmp_path / "back")
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    gen = json.loads((tmp_path / "back" / "generation_config.json").read_text())
+    assert (back["bos_token_id"], back["eos_token_id"], back["pad_token_id"]) == (bos, eos, pad)
+    assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (bos, eos, pad)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    assert (hf_tok.bos_token, hf_tok.eos_token, hf_tok.pad_token) == ("<s>", "</s>", "<pad>")
