@@ -320,7 +320,8 @@ def test_eval_of_an_import_equals_transformers_loss(tmp_path, corpus_dir):
 @pytest.mark.parametrize("arch,tied,bias", [("gpt2", True, False), ("gpt2", False, True), ("gpt_neox", True, False),
                                             ("gpt_neox", False, True), ("llama", True, True), ("llama", False, False),
                                             ("gpt2-tanh", False, False), ("pythia", True, True),
-                                            ("llama-gqa", False, True), ("qwen2", True, False), ("qwen3", False, False)])
+                                            ("llama-gqa", False, True), ("qwen2", True, False),
+                                            ("qwen3", False, False)])
 def test_round_trip_keeps_every_bit(tmp_path, arch, tied, bias):
     run = _nextoken_run(tmp_path / "run", arch, tied, bias)
     export(run, tmp_path / "hf", check=False)

@@ -101,6 +101,16 @@ def test_kv_cache_holds_only_the_key_value_heads():
     assert cache.k[0].shape == (2, 1, 24, 8) and cache.v[0].shape == (2, 1, 24, 8)  # a quarter of multi-head's
 
 
+def test_kv_cache_grows_to_a_long_context_as_positions_come():
+    model = make(pos="rope", block_size=2100)
+    cache = KVCache(model.cfg, 1, "cpu", torch.float32)
+    assert cache.k[0].size(2) == 1024  # not 2100 until needed
+    idx = torch.randint(0, 61, (1, 1100))
+    full = model(idx)
+    out = torch.cat([model(idx[:, :1000], cache), model(idx[:, 1000:1099], cache), model(idx[:, 1099:], cache)], 1)
+    assert cache.k[0].size(2) == 2048 and torch.allclose(out, full, atol=1e-4)
+
+
 def test_new_options_at_their_defaults_keep_the_model_hash():
     """Every option added since runs existed counts in the hash only away from its default: runs written
     before it still resume (the hash of the default config as it was before they were added)."""

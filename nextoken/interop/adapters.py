@@ -236,7 +236,8 @@ class GPT2(Adapter):
         out = {}
         for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
             w = sd[f"{a}{ours}.weight"]
-            out[f"{h}{theirs}.weight"], out[f"{h}{theirs}.bias"] = w, _zeros_if_none(sd.get(f"{a}{ours}.bias"), len(w), w)
+            out[f"{h}{theirs}.weight"] = w
+            out[f"{h}{theirs}.bias"] = _zeros_if_none(sd.get(f"{a}{ours}.bias"), len(w), w)
         for ours, theirs in self._parts:
             w = sd[f"{a}{ours}.weight"]
             out[f"{h}{theirs}.weight"] = w.t()  # Conv1D stores (in, out)

@@ -43,19 +43,25 @@ def apply_rope(x_BHTK: torch.Tensor, cos_TK: torch.Tensor, sin_TK: torch.Tensor)
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, per layer: each new token costs one position."""
+    """Keys and values of the positions seen so far, per layer: each new token costs one position. Room for
+    positions doubles as they come, up to block_size (an imported model's 32k context costs memory only when
+    used)."""
 
     def __init__(self, cfg: ModelConfig, batch: int, device, dtype):
-        J, K, S = cfg.kv_heads, cfg.head_dim, cfg.block_size  # the key/value heads only: GQA's saving
+        J, K, S = cfg.kv_heads, cfg.head_dim, min(cfg.block_size, 1024)  # the key/value heads only: GQA's saving
         self.k = [torch.zeros(batch, J, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(batch, J, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.pos = 0
+        self.pos, self.block_size = 0, cfg.block_size
 
     def append(self, layer: int, k_BJTK: torch.Tensor, v_BJTK: torch.Tensor):
-        T = k_BJTK.size(2)
-        self.k[layer][:, :, self.pos:self.pos + T] = k_BJTK
-        self.v[layer][:, :, self.pos:self.pos + T] = v_BJTK
-        end = self.pos + T
+        end = self.pos + k_BJTK.size(2)
+        S = self.k[layer].size(2)
+        if end > S:
+            more = min(max(end, 2 * S), self.block_size) - S
+            self.k[layer], self.v[layer] = (torch.cat([c, c.new_zeros(*c.shape[:2], more, c.size(3))], dim=2)
+                                            for c in (self.k[layer], self.v[layer]))
+        self.k[layer][:, :, self.pos:end] = k_BJTK
+        self.v[layer][:, :, self.pos:end] = v_BJTK
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
