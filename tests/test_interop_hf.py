@@ -555,3 +555,22 @@ def test_import_keeps_the_models_own_special_tokens_through_export(tmp_path):
     assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (bos, eos, pad)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
     assert (hf_tok.bos_token, hf_tok.eos_token, hf_tok.pad_token) == ("<s>", "</s>", "<pad>")
+
+
+def test_each_familys_import_opens_in_serve(tmp_path):
+    """A newcomer's path: import a family's model, open it in `nextoken serve`, ask the next-token page."""
+    from starlette.testclient import TestClient
+
+    from nextoken.serve.app import create_app
+
+    root = tmp_path / "runs"
+    for family in FAMILIES:
+        _hf_model(tmp_path / "hf" / family, family, tied=False)
+        import_hf(tmp_path / "hf" / family, root / family)
+    client = TestClient(create_app([root]))
+    runs = {r["id"] for r in client.get("/api/runs").json()["runs"]}
+    assert runs == {f"runs/{f}" for f in FAMILIES}
+    for run_id in runs:
+        r = client.post("/api/next", json={"run": run_id, "prompt": "The cat sat on the", "top": 5})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["top"]) == 5 and r.json()["vocab_size"] == 257

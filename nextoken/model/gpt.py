@@ -1,8 +1,8 @@
 """A decoder-only transformer (GPT-2 family, with the common modern options).
 
 Shape suffixes: B batch, T time (positions), D d_model, H query heads, J key/value heads (H, or fewer
-with grouped-query attention), K head_dim, V vocab, F MLP hidden width, S positions held in the KV-cache,
-G = H + J query and key heads side by side.
+with grouped-query attention), K head_dim, Q = H·K (d_model unless model.head_size sets K), V vocab,
+F MLP hidden width, S positions held in the KV-cache, G = H + J query and key heads side by side.
 """
 
 from __future__ import annotations
