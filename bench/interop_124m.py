@@ -6,7 +6,9 @@ GPT-2 small's shape built from transformers' GPT2Config (no download); its token
 
     python bench/interop_124m.py [--threads N] [--tokens 100] [--requests 20] [--json]
 
-Needs transformers (`nextoken[hf]`) and ~1.5 GB of temporary disk. Quote figures from a quiet machine only.
+Needs transformers (`nextoken[hf]`) and ~1.5 GB of temporary disk (removed at the end). On a CPU shared with
+other jobs, `--threads 1` (two threads oversubscribe a loaded 2-core box ~10x). Quote figures from a quiet
+machine only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,16 +97,39 @@ def main() -> int:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="interop-124m-"))
+    try:
+        res = measure(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ~1.5 GB of weights
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    s = res["serve"]
+    print(f"GPT-2 small shape, {res['params_M']:.1f}M parameters, {res['threads']} torch threads on {res['cpus']} CPUs")
+    print(f"import {res['import_s']:.1f} s; load {res['load_s']:.1f} s")
+    print(f"next (in process): {res['next_ms_p50']:.0f} ms per prompt (median of {len(PROMPTS)})")
+    print(f"sample (in process, KV-cache): {res['sample_tokens_per_s']:.1f} tokens/s over {args.tokens} tokens")
+    print(f"eval: {res['eval_tokens_per_s']:.0f} tokens/s")
+    print(f"commands, load included: `next` {res['cli_next_s']:.1f} s, `sample --max-new-tokens {args.tokens}` "
+          f"{res['cli_sample_s']:.1f} s")
+    print(f"serve /api/next: first {s['first_ms']:.0f} ms (loads the model), then p50 {s['p50_ms']:.0f} ms, "
+          f"max {s['max_ms']:.0f} ms over {s['requests']} keystrokes")
+    return 0
+
+
+def measure(tmp: Path, args) -> dict:
+    import torch
+
     from nextoken.api import evaluate, prepare
     from nextoken.data.synthetic import python_like
     from nextoken.generate import generate, next_token_distribution
     from nextoken.interop.hf_import import import_hf
     from nextoken.run import Run
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="interop-124m-"))
     res: dict = {"cpus": os.cpu_count(), "threads": torch.get_num_threads()}
     gpt2_small(tmp / "hf")
     t0 = time.perf_counter()
@@ -138,21 +164,7 @@ def main() -> int:
     res["cli_sample_s"] = cli("sample", str(tmp / "run"), "--prompt", PROMPTS[0], "--max-new-tokens",
                               str(args.tokens), "--seed", "0")
     res["serve"] = serve_latency(tmp / "run", args.requests)
-
-    if args.json:
-        print(json.dumps(res))
-        return 0
-    s = res["serve"]
-    print(f"GPT-2 small shape, {res['params_M']:.1f}M parameters, {res['threads']} torch threads on {res['cpus']} CPUs")
-    print(f"import {res['import_s']:.1f} s; load {res['load_s']:.1f} s")
-    print(f"next (in process): {res['next_ms_p50']:.0f} ms per prompt (median of {len(PROMPTS)})")
-    print(f"sample (in process, KV-cache): {res['sample_tokens_per_s']:.1f} tokens/s over {args.tokens} tokens")
-    print(f"eval: {res['eval_tokens_per_s']:.0f} tokens/s")
-    print(f"commands, load included: `next` {res['cli_next_s']:.1f} s, `sample --max-new-tokens {args.tokens}` "
-          f"{res['cli_sample_s']:.1f} s")
-    print(f"serve /api/next: first {s['first_ms']:.0f} ms (loads the model), then p50 {s['p50_ms']:.0f} ms, "
-          f"max {s['max_ms']:.0f} ms over {s['requests']} keystrokes")
-    return 0
+    return res
 
 
 if __name__ == "__main__":
