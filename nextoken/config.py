@@ -50,8 +50,8 @@ class ModelConfig:
     n_kv_head: int = _f(0, "key/value heads, each shared by n_head / n_kv_head query heads: grouped-query "
                         "attention (Ainslie et al. 2023), multi-query at 1 (0: n_head, plain multi-head)")
     head_size: int = _f(0, "width of one attention head (0: d_model / n_head; Qwen3 sets it apart from d_model)")
-    qk_norm: bool = _f(False, "RMSNorm on each head's queries and keys before RoPE (Dehghani et al. 2023; "
-                       "OLMo-2, Qwen3): bounds the attention logits (Wortsman et al. 2023)")
+    qk_norm: bool = _f(False, "RMSNorm on each head's queries and keys before RoPE (Dehghani et al. 2023, ViT-22B; "
+                       "Qwen3): bounds the attention logits (Wortsman et al. 2023)")
     qkv_bias: bool = _f(False, "biases on the query, key and value projections only (Qwen2)")
     gelu: str = _f("exact", "GELU of the gelu MLP: exact (erf) or tanh (Hendrycks & Gimpel 2016, eq. 2; GPT-2's)",
                    ("exact", "tanh"))

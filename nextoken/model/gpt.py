@@ -73,7 +73,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, (H + 2 * J) * K, bias=cfg.bias or cfg.qkv_bias)
         self.proj = nn.Linear(H * K, cfg.d_model, bias=cfg.bias)
         self.proj.residual = True
-        if cfg.qk_norm:  # per head, before RoPE (Dehghani et al. 2023, §3.1; Qwen3, OLMo-2)
+        if cfg.qk_norm:  # per head, before RoPE (Dehghani et al. 2023, ViT-22B; Qwen3)
             self.q_norm, self.k_norm = nn.RMSNorm(K, eps=cfg.norm_eps), nn.RMSNorm(K, eps=cfg.norm_eps)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
