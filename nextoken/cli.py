@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(handler=cmd_export)
 
-    im = sub.add_parser("import", help="a Hugging Face model directory (GPT-2, Llama, GPT-NeoX) as a run")
+    im = sub.add_parser("import", help="a Hugging Face model directory (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, "
+                        "Qwen3) as a run")
     im.add_argument("hf_dir", metavar="HF_DIR")
     im.add_argument("--out", required=True, help="run directory to create")
     im.add_argument("--force", action="store_true", help="replace an existing non-run output directory")

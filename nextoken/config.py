@@ -46,6 +46,20 @@ class ModelConfig:
     dropout: float = _f(0.0, "dropout probability (attention, residual and embeddings)")
     bias: bool = _f(False, "biases in linear layers and norms")
     rope_base: float = _f(10000.0, "RoPE base frequency")
+    rotary_fraction: float = _f(1.0, "share of each head's channels RoPE rotates (GPT-NeoX's rotary_pct; Pythia 0.25)")
+    n_kv_head: int = _f(0, "key/value heads, each shared by n_head / n_kv_head query heads: grouped-query "
+                        "attention (Ainslie et al. 2023), multi-query at 1 (0: n_head, plain multi-head)")
+    head_size: int = _f(0, "width of one attention head (0: d_model / n_head; Qwen3 sets it apart from d_model)")
+    qk_norm: bool = _f(False, "RMSNorm on each head's queries and keys before RoPE (Dehghani et al. 2023, ViT-22B; "
+                       "Qwen3): bounds the attention logits (Wortsman et al. 2023)")
+    qkv_bias: bool = _f(False, "biases on the query, key and value projections only (Qwen2)")
+    gelu: str = _f("exact", "GELU of the gelu MLP: exact (erf) or tanh (Hendrycks & Gimpel 2016, eq. 2; GPT-2's)",
+                   ("exact", "tanh"))
+    parallel_residual: bool = _f(False, "attention and MLP read the same block input and add to it together "
+                                 "(GPT-J, GPT-NeoX/Pythia) instead of one after the other")
+    norm_eps: float = _f(1e-5, "epsilon of every LayerNorm / RMSNorm")
+    mlp_hidden: int = _f(0, "hidden width of the MLP (0: from mlp_ratio); real checkpoints use widths the ratio "
+                         "rule cannot reach")
     attention: str = _f("causal", "causal (each position sees those before it) or bidirectional (every position "
                         "sees all: for train.objective mlm)", ("causal", "bidirectional"))
     depth: int = _f(0, "the depth dial: setting it (or aspect_ratio) derives n_layer, d_model, n_head, block_size, the "
@@ -56,13 +70,25 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        """K, the width of one attention head: d_model / n_head."""
-        return self.d_model // self.n_head
+        """K, the width of one attention head: head_size, or d_model / n_head."""
+        return self.head_size or self.d_model // self.n_head
 
     @property
-    def mlp_hidden(self) -> int:
-        """The MLP's hidden width F. SwiGLU keeps the parameter count of a GELU MLP of ratio r with 2/3 of its
-        width (Shazeer 2020), rounded up to a multiple of 8."""
+    def kv_heads(self) -> int:
+        """The key/value heads: n_kv_head, or n_head."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def rotary_dim(self) -> int:
+        """The channels of a head RoPE rotates (rotary_fraction of K, as GPT-NeoX rounds it down)."""
+        return int(self.head_dim * self.rotary_fraction)
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width F: mlp_hidden, or from mlp_ratio. SwiGLU keeps the parameter count of a GELU
+        MLP of ratio r with 2/3 of its width (Shazeer 2020), rounded up to a multiple of 8."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
         if self.mlp == "swiglu":
             return -(-int(2 * self.mlp_ratio * self.d_model / 3) // 8) * 8
         return int(self.mlp_ratio * self.d_model)
@@ -174,7 +200,10 @@ class Config:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_ADDED_MODEL_FIELDS = {"attention": "causal"}  # field: its default (issue 13)
+# field: its default. Runs written before a field existed hash (and resume) as before.
+_ADDED_MODEL_FIELDS = {"attention": "causal", "rotary_fraction": 1.0, "n_kv_head": 0, "head_size": 0,
+                       "qk_norm": False, "qkv_bias": False, "gelu": "exact", "parallel_residual": False,
+                       "norm_eps": 1e-5, "mlp_hidden": 0}
 _DIAL_FIELDS = {"depth", "aspect_ratio"}  # inputs of the depth dial: the shapes they derive are hashed instead
 
 
@@ -312,12 +341,21 @@ def validate(cfg: Config) -> None:
     checks = [
         (m.n_layer >= 1, "model.n_layer must be >= 1"),
         (m.n_head >= 1, "model.n_head must be >= 1"),
-        (m.d_model >= 1 and m.d_model % max(m.n_head, 1) == 0,
+        (m.d_model >= 1 and (m.head_size > 0 or m.d_model % max(m.n_head, 1) == 0),
          f"model.d_model ({m.d_model}) must be a positive multiple of model.n_head ({m.n_head})"),
+        (m.head_size >= 0, "model.head_size must be >= 0 (0: d_model / n_head)"),
+        (m.n_kv_head >= 0 and m.n_head % max(m.kv_heads, 1) == 0,
+         f"model.n_kv_head ({m.n_kv_head}) must divide model.n_head ({m.n_head}) (0: n_head)"),
+        (0.0 < m.rotary_fraction <= 1.0, f"model.rotary_fraction must be in (0, 1], got {m.rotary_fraction}"),
+        (m.norm_eps > 0, f"model.norm_eps must be positive, got {m.norm_eps}"),
+        (not (m.parallel_residual and m.norm == "post"),
+         "model.parallel_residual needs model.norm pre (post-LN normalizes the sum of one sublayer at a time)"),
+        (m.mlp_hidden >= 0, "model.mlp_hidden must be >= 0 (0: from model.mlp_ratio)"),
         (m.block_size >= 2, "model.block_size must be >= 2"),
         (0 <= m.depth <= 1000, f"model.depth must be in [0, 1000] (0: the dial off), got {m.depth}"),
         (4 <= m.aspect_ratio <= 1024, f"model.aspect_ratio must be in [4, 1024], got {m.aspect_ratio}"),
-        (m.pos != "rope" or (m.d_model // max(m.n_head, 1)) % 2 == 0, "model.pos rope needs an even head size"),
+        (m.pos != "rope" or (m.n_head >= 1 and m.rotary_dim % 2 == 0 and m.rotary_dim > 0),
+         "model.pos rope needs an even number of rotated channels per head (head size x model.rotary_fraction)"),
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (m.vocab_size >= 0, "model.vocab_size must be >= 0"),
         (o.lr > 0, f"optim.lr must be positive (got {o.lr})"),

@@ -5,7 +5,7 @@ block's input to attention and its output), so the numerics are the model's own.
 
 - the prompt's tokens and ids, the embedding's norm per position, the residual stream's norm after each layer;
 - attention probabilities per layer and head, recomputed from the queries and keys the attention module
-  itself produces (`Attention.heads`) as softmax(q k^T / sqrt(K)) under the run's mask;
+  itself produces (`Attention.qkv_heads`) as softmax(q k^T / sqrt(K)) under the run's mask;
 - the logit lens (nostalgebraist 2020, "interpreting GPT: the logit lens"): the final norm and the output
   layer applied to the residual stream after each layer, so every layer's would-be prediction per position;
   the last layer's is the model's own output;
@@ -123,7 +123,7 @@ def attention_probs(attn, x_BTD: torch.Tensor, rope) -> torch.Tensor:
     """(B, H, T, T) attention probabilities of attention module `attn` on its input: softmax(q k^T / sqrt(K))
     (Vaswani et al. 2017, eq. 1), causal unless the run is bidirectional. Key heads shared by several query
     heads (grouped-query attention) are repeated to match."""
-    q, k, _ = attn.heads(x_BTD, rope)
+    q, k, _ = attn.qkv_heads(x_BTD, rope)
     q, k = q.float(), k.float()
     if k.size(1) != q.size(1):
         k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)

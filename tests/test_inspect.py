@@ -24,7 +24,8 @@ def model(**kw) -> GPT:
     return GPT(cfg).eval()
 
 
-@pytest.mark.parametrize("kw", [{}, {"pos": "rope"}, {"norm": "post"}, {"attention": "bidirectional"}])
+@pytest.mark.parametrize("kw", [{}, {"pos": "rope"}, {"norm": "post"}, {"attention": "bidirectional"},
+                                {"pos": "rope", "n_kv_head": 1, "qk_norm": True}])
 def test_attention_rows_sum_to_one_causal_and_reproduce_the_module(kw):
     m = model(**kw)
     t = trace(m, IDS)
@@ -43,7 +44,8 @@ def test_attention_rows_sum_to_one_causal_and_reproduce_the_module(kw):
     with torch.no_grad():
         m(torch.tensor([IDS]))
     h1.remove(), h2.remove()
-    _, _, v = attn.heads(got["in"][0], got["in"][1])
+    _, _, v = attn.qkv_heads(got["in"][0], got["in"][1])
+    v = v.repeat_interleave(2 // v.size(1), dim=1)  # grouped-query attention: key/value heads shared
     y = (a[1][None] @ v).transpose(1, 2).reshape(1, len(IDS), 32)
     assert torch.allclose(attn.proj(y), got["out"], atol=1e-5)
 

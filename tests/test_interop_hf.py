@@ -2,7 +2,8 @@
 came from (logit parity both ways, greedy generation, tokenizer ids), evaluation agrees with transformers' loss,
 a round trip keeps every bit, continued pretraining learns, and every refusal is one line that writes nothing.
 
-No downloads: the transformers models are built here from their config classes with random weights."""
+No downloads: the transformers models are built here from their config classes, shaped as the real families are
+(GPT-2, Pythia, Llama with GQA and MQA, Qwen2, Qwen3), with random weights, norms and biases included."""
 
 from __future__ import annotations
 
@@ -28,10 +29,20 @@ from nextoken.interop.hf_import import HFModel, import_hf, write_run  # noqa: E4
 from nextoken.model import GPT  # noqa: E402
 from nextoken.run import Run  # noqa: E402
 
-# (model.pos, model.norm_type, model.mlp) of each architecture, and the class transformers must load
+# nextoken options of each architecture, and the class transformers must load
 LAYOUTS = {"gpt2": (dict(pos="learned"), "GPT2LMHeadModel"),
            "gpt_neox": (dict(pos="rope"), "GPTNeoXForCausalLM"),
-           "llama": (dict(pos="rope", norm_type="rmsnorm", mlp="swiglu"), "LlamaForCausalLM")}
+           "llama": (dict(pos="rope", norm_type="rmsnorm", mlp="swiglu"), "LlamaForCausalLM"),
+           # the new options, each where a family has it
+           "gpt2-tanh": (dict(pos="learned", gelu="tanh", norm_eps=1e-6, mlp_hidden=72), "GPT2LMHeadModel"),
+           "pythia": (dict(pos="rope", parallel_residual=True, rotary_fraction=0.25, gelu="tanh"),
+                      "GPTNeoXForCausalLM"),
+           "llama-gqa": (dict(pos="rope", norm_type="rmsnorm", mlp="swiglu", n_kv_head=1, rope_base=5e5),
+                         "LlamaForCausalLM"),
+           "qwen2": (dict(pos="rope", norm_type="rmsnorm", mlp="swiglu", qkv_bias=True, norm_eps=1e-6),
+                     "Qwen2ForCausalLM"),
+           "qwen3": (dict(pos="rope", norm_type="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_head=1, head_size=32),
+                     "Qwen3ForCausalLM")}
 TEXT = ("Grüße aus Köln! Ça va? Привет, мир. 你好，世界。こんにちは 🙂🚀👩‍💻 🇫🇷\n\n\t\tdef f(x):\n"
         "        return  x   +\u00a01\r\n    \n   trailing   \u2003spaces   ")
 TOL = 1e-4
@@ -66,10 +77,12 @@ def _hf_model(path, arch: str, tied: bool, seed: int = 0, **overrides):
         cfg = transformers.LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                        hidden_size=32, intermediate_size=88, max_position_embeddings=64,
                                        rms_norm_eps=1e-5, **common)
-    else:
+    elif arch == "gpt_neox":
         cfg = transformers.GPTNeoXConfig(num_hidden_layers=2, num_attention_heads=2, hidden_size=32,
                                          intermediate_size=128, max_position_embeddings=64, rotary_pct=1.0,
                                          use_parallel_residual=False, **common)
+    else:
+        cfg = FAMILIES[arch](common)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     torch.manual_seed(seed)
@@ -78,6 +91,38 @@ def _hf_model(path, arch: str, tied: bool, seed: int = 0, **overrides):
     model.save_pretrained(str(path))
     _hf_tokenizer(bytes_tokenizer()).save_pretrained(str(path))
     return model.eval()
+
+
+FAMILIES = {  # tiny models laid out as the real ones are (their config.json's options, not their sizes)
+    # GPT-2: tanh GELU ("gelu_new"), biases everywhere, learned positions
+    "gpt2-real": lambda c: transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, **c),
+    # Pythia / GPT-NeoX: parallel residuals, RoPE on a quarter of each head, exact GELU, biases
+    "pythia": lambda c: transformers.GPTNeoXConfig(
+        num_hidden_layers=2, num_attention_heads=2, hidden_size=32, intermediate_size=128, max_position_embeddings=64,
+        rotary_pct=0.25, use_parallel_residual=True, hidden_act="gelu", **c),
+    # SmolLM / Llama 3 (without 3.1's RoPE scaling): grouped-query attention, a large RoPE base, a width the
+    # ratio rule cannot reach
+    "llama-gqa": lambda c: transformers.LlamaConfig(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=72,
+        max_position_embeddings=64, rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 5e5},
+        **c),
+    # TinyLlama-like extreme: multi-query attention (one key/value head)
+    "llama-mqa": lambda c: transformers.LlamaConfig(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, hidden_size=32, intermediate_size=88,
+        max_position_embeddings=64, rms_norm_eps=1e-6, **c),
+    # Qwen2 / 2.5: biases on q, k, v only, GQA, eps 1e-6, RoPE base 1e6
+    "qwen2": lambda c: transformers.Qwen2Config(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=88,
+        max_position_embeddings=64, rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        **c),
+    # Qwen3: per-head q/k RMSNorm, heads wider than hidden_size / heads (as Qwen3-0.6B's 16 x 128 over 1024)
+    "qwen3": lambda c: transformers.Qwen3Config(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, hidden_size=32,
+        intermediate_size=88, max_position_embeddings=64, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **c),
+}
+HF_CLASSES = {"gpt2-real": "GPT2LMHeadModel", "pythia": "GPTNeoXForCausalLM", "llama-gqa": "LlamaForCausalLM",
+              "llama-mqa": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def _hf_tokenizer(tok):
@@ -103,8 +148,10 @@ def _hf_greedy(model, prompt: torch.Tensor, n: int) -> list[int]:
 def _assert_same_function(gpt: GPT, hf) -> float:
     ids = _prompts()
     with torch.no_grad():
-        diff = (gpt(ids) - hf(ids).logits).abs().max().item()
+        ours, theirs = gpt(ids), hf(ids).logits
+    diff = (ours - theirs).abs().max().item()
     assert diff <= TOL, diff
+    assert (ours.softmax(-1) - theirs.softmax(-1)).abs().max().item() <= TOL  # next-token probabilities
     prompt = ids[0, :8]
     ours = list(generate(gpt, prompt.tolist(), 50, temperature=0))
     assert ours == _hf_greedy(hf, prompt, 50)
@@ -116,7 +163,8 @@ def _assert_same_function(gpt: GPT, hf) -> float:
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 @pytest.mark.parametrize("arch", list(LAYOUTS))
 def test_export_loads_in_transformers_and_computes_the_same_function(tmp_path, arch, tied):
-    run = _nextoken_run(tmp_path / "run", arch, tied, bias=not tied)
+    # biases everywhere where the family has them (Qwen2 and Qwen3 have none in the MLP)
+    run = _nextoken_run(tmp_path / "run", arch, tied, bias=not tied and not arch.startswith("qwen"))
     res = export(run, tmp_path / "hf")
     assert res["architecture"] == LAYOUTS[arch][1] and res["max_abs_diff"] <= TOL
     files = {p.name for p in (tmp_path / "hf").iterdir()}
@@ -162,7 +210,7 @@ def test_export_bf16_halves_the_file_and_model_card(tmp_path, bytes_data):
 # ---- import ----
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-@pytest.mark.parametrize("arch", list(LAYOUTS))
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama"])  # the real families' layouts: FAMILIES below
 def test_import_computes_the_same_function(tmp_path, arch, tied):
     hf = _hf_model(tmp_path / "hf", arch, tied)
     res = import_hf(tmp_path / "hf", tmp_path / "run")
@@ -172,6 +220,64 @@ def test_import_computes_the_same_function(tmp_path, arch, tied):
     _assert_same_function(loaded.model, hf)
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     assert tok(TEXT, add_special_tokens=False)["input_ids"] == loaded.tokenizer.encode(TEXT).ids
+
+
+@pytest.fixture(scope="module")
+def family_data(tmp_path_factory, corpus_dir):
+    """Data prepared with the tokenizer every family's import carries (the byte-level one, through transformers)."""
+    folder = tmp_path_factory.mktemp("family-tok")
+    _hf_tokenizer(bytes_tokenizer()).save_pretrained(str(folder))
+    data = folder / "data"
+    prepare([str(corpus_dir)], data, PrepareOptions(tokenizer=str(folder / "tokenizer.json"), val_fraction=0.1,
+                                                    progress=False), log=lambda m: None)
+    return data
+
+
+def _hf_loss(hf, data) -> tuple[float, int]:
+    losses, n = 0.0, 0
+    with torch.no_grad():
+        for x, y in eval_windows(TokenData(data, "val"), 64, 0):
+            losses += torch.nn.functional.cross_entropy(hf(x[None]).logits[0], y, reduction="sum").item()
+            n += len(y)
+    return losses / n, n
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_imports_exactly_and_round_trips(tmp_path, family_data, one_thread, family, tied):
+    """The real families' layouts: import gives transformers' probabilities (1e-4) and greedy 50 tokens, eval
+    gives its mean loss (relative 1e-5), and import -> export -> transformers gives identical logits."""
+    hf = _hf_model(tmp_path / "hf", family, tied)
+    assert type(hf).__name__ == HF_CLASSES[family]
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    loaded = Run(tmp_path / "run").load()
+    assert loaded.model.cfg.tie_embeddings == tied
+    _assert_same_function(loaded.model, hf)
+
+    loss, n = _hf_loss(hf, family_data)
+    ours = evaluate(tmp_path / "run", family_data)
+    assert ours["eval_tokens"] == n and ours["loss"] == pytest.approx(loss, rel=1e-5)
+
+    res = export(tmp_path / "run", tmp_path / "back")
+    assert res["architecture"] == HF_CLASSES[family]
+    back = _load_hf(tmp_path / "back").eval()
+    ids = _prompts()
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, hf(ids).logits)
+
+
+@pytest.mark.parametrize("family,change,word", [
+    ("llama-gqa", dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 8192}), "llama3"),
+    ("qwen2", dict(use_sliding_window=True), "use_sliding_window"),
+    ("llama-gqa", dict(model_type="olmo2", architectures=["Olmo2ForCausalLM"]), "OLMo-2"),
+])
+def test_import_refuses_a_family_detail_in_one_line(tmp_path, capsys, family, change, word):
+    _hf_model(tmp_path / "hf", family, tied=True)
+    _edit_config(tmp_path / "hf", **change)
+    _refused(capsys, ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")], word)
+    assert not (tmp_path / "run").exists()
 
 
 def test_import_reads_bin_weights_and_converts_a_tokenizer(tmp_path):
@@ -212,16 +318,19 @@ def test_eval_of_an_import_equals_transformers_loss(tmp_path, corpus_dir):
 
 
 @pytest.mark.parametrize("arch,tied,bias", [("gpt2", True, False), ("gpt2", False, True), ("gpt_neox", True, False),
-                                            ("gpt_neox", False, True), ("llama", True, True), ("llama", False, False)])
+                                            ("gpt_neox", False, True), ("llama", True, True), ("llama", False, False),
+                                            ("gpt2-tanh", False, False), ("pythia", True, True),
+                                            ("llama-gqa", False, True), ("qwen2", True, False),
+                                            ("qwen3", False, False)])
 def test_round_trip_keeps_every_bit(tmp_path, arch, tied, bias):
     run = _nextoken_run(tmp_path / "run", arch, tied, bias)
     export(run, tmp_path / "hf", check=False)
     import_hf(tmp_path / "hf", tmp_path / "back")
     a, b = Run(run).load(), Run(tmp_path / "back").load()
     for name in ("n_layer", "n_head", "d_model", "block_size", "vocab_size", "norm_type", "pos", "mlp",
-                 "tie_embeddings", "bias", "rope_base"):
+                 "tie_embeddings", "bias", "rope_base", "kv_heads", "head_dim", "qk_norm", "qkv_bias", "gelu",
+                 "parallel_residual", "norm_eps", "rotary_fraction", "mlp_width"):
         assert getattr(a.model.cfg, name) == getattr(b.model.cfg, name), name
-    assert a.model.cfg.mlp_hidden == b.model.cfg.mlp_hidden
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
@@ -301,9 +410,17 @@ def _refused(capsys, argv, *words) -> str:
     return err
 
 
+LLAMA = dict(pos="rope", norm_type="rmsnorm", mlp="swiglu")
+
+
 @pytest.mark.parametrize("opts,word", [(dict(norm="post"), "model.norm post"),
                                        (dict(pos="rope", norm_type="rmsnorm"), "model.norm_type rmsnorm"),
-                                       (dict(pos="learned", mlp="swiglu"), "model.mlp swiglu")])
+                                       (dict(pos="learned", mlp="swiglu"), "model.mlp swiglu"),
+                                       (dict(pos="learned", n_kv_head=1), "model.n_kv_head 1"),
+                                       (dict(pos="rope", qk_norm=True), "model.qk_norm"),
+                                       (dict(LLAMA, qk_norm=True, bias=True), "model.bias"),
+                                       (dict(LLAMA, parallel_residual=True), "model.parallel_residual"),
+                                       (dict(LLAMA, rotary_fraction=0.5), "model.rotary_fraction 0.5")])
 def test_export_refuses_options_with_no_exact_equivalent(tmp_path, capsys, opts, word):
     m = ModelConfig(n_layer=1, n_head=2, d_model=32, block_size=16, vocab_size=257, **opts)
     write_run(tmp_path / "run", HFModel("test", "nextoken", m, GPT(m).state_dict(), bytes_tokenizer()))
@@ -319,11 +436,9 @@ def _edit_config(folder, **changes):
 
 
 @pytest.mark.parametrize("arch,change,word", [
-    ("gpt2", dict(activation_function="gelu_new"), "activation_function"),
-    ("gpt2", dict(layer_norm_epsilon=1e-6), "layer_norm_epsilon"),
-    ("gpt_neox", dict(use_parallel_residual=True), "use_parallel_residual"),
-    ("gpt_neox", dict(rotary_pct=0.25, rope_parameters=None), "rotary_pct"),
-    ("llama", dict(rms_norm_eps=1e-6), "rms_norm_eps"),
+    ("gpt2", dict(activation_function="relu"), "activation_function"),
+    ("gpt_neox", dict(hidden_act="silu"), "hidden_act"),
+    ("llama", dict(hidden_act="gelu"), "hidden_act"),
     ("llama", dict(model_type="mistral", architectures=["MistralForCausalLM"]), "model_type 'mistral'"),
     ("gpt2", dict(n_embd=64), "shape"),
 ])
@@ -331,12 +446,6 @@ def test_import_refuses_what_nextoken_cannot_represent(tmp_path, capsys, arch, c
     _hf_model(tmp_path / "hf", arch, tied=True)
     _edit_config(tmp_path / "hf", **change)
     _refused(capsys, ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")], word)
-    assert not (tmp_path / "run").exists()
-
-
-def test_import_refuses_grouped_query_attention(tmp_path, capsys):
-    _hf_model(tmp_path / "hf", "llama", tied=True, num_key_value_heads=1)
-    _refused(capsys, ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")], "num_key_value_heads")
     assert not (tmp_path / "run").exists()
 
 
@@ -368,3 +477,100 @@ def test_missing_extra_names_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
     _refused(capsys, ["import", str(tmp_path / "hf"), "--out", str(tmp_path / "run")], "nextoken[hf]")
     assert not (tmp_path / "run").exists()
+
+
+# ---- training with the families' options ----
+
+def test_gqa_and_qk_norm_run_trains_resumes_bit_identically_and_exports(tmp_path, bytes_data):
+    import shutil
+
+    from conftest import tiny_config
+    from safetensors.torch import load_file
+
+    from nextoken.api import train
+
+    opts = dict(model__pos="rope", model__norm_type="rmsnorm", model__mlp="swiglu", model__n_head=4,
+                model__n_kv_head=1, model__qk_norm=True, train__ckpt_every=10, train__keep=5)
+    train(tiny_config(bytes_data, **opts), tmp_path / "full", quiet=True)
+    split = tmp_path / "split"
+    train(tiny_config(bytes_data, **opts), split, quiet=True)
+    shutil.rmtree(split / "checkpoints" / "step_00000020")  # "crashed" after its step-10 checkpoint
+    (split / "checkpoints" / "latest").write_text("step_00000010\n")
+    train(tiny_config(bytes_data, **opts), split, resume=True, quiet=True)
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000020" / "model.safetensors"))
+    b = load_file(str(split / "checkpoints" / "step_00000020" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a["blocks.0.attn.qkv.weight"].shape == ((4 + 2 * 1) * 8, 32)  # 4 query heads, 1 key/value head of 8
+    losses = [r["loss"] for r in Run(tmp_path / "full").last_per_step("train")]
+    assert losses[-1] < losses[0] - 0.5, losses  # it learns
+    res = export(tmp_path / "full", tmp_path / "hf")
+    assert res["architecture"] == "Qwen3ForCausalLM" and res["max_abs_diff"] <= TOL
+
+
+# ---- special tokens ----
+
+def test_export_writes_special_tokens_and_a_pad_token_and_generation_stops_at_eos(tmp_path):
+    run = _nextoken_run(tmp_path / "run", "gpt_neox", tied=False, bias=True)
+    eot = bytes_tokenizer().token_to_id(EOT)
+    # every position's final norm gives the same vector, and only eos's output row reads it: greedy is all eos
+    path = next((run / "checkpoints").glob("step_*")) / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(path))
+    sd["norm_f.weight"].zero_()
+    sd["norm_f.bias"].fill_(1.0)
+    sd["lm_head.weight"].zero_()
+    sd["lm_head.weight"][eot] = 1.0
+    save_file(sd, str(path))
+    export(run, tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert cfg["eos_token_id"] == cfg["pad_token_id"] == gen["eos_token_id"] == gen["pad_token_id"] == eot
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    batch = tok(["a", "abc"], padding=True)  # raised before: no pad token
+    assert batch["input_ids"][0] == [ord("a"), eot, eot] and batch["attention_mask"][0] == [1, 0, 0]
+    hf = _load_hf(tmp_path / "hf").eval()
+    out = hf.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=10, do_sample=False)
+    assert out[0].tolist() == [1, 2, 3, eot]  # stopped at eos
+
+
+def test_import_keeps_the_models_own_special_tokens_through_export(tmp_path):
+    tok = bytes_tokenizer()
+    tok.add_special_tokens(["<s>", "</s>", "<pad>"])  # ids 257, 258, 259 after <|endoftext|> (256)
+    bos, eos, pad = (tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
+    cfg = transformers.LlamaConfig(num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, hidden_size=32,
+                                   intermediate_size=64, max_position_embeddings=64, vocab_size=260,
+                                   bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(str(tmp_path / "hf"))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                         pad_token="<pad>").save_pretrained(str(tmp_path / "hf"))
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "special_tokens.json").read_text()) == {
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    export(tmp_path / "run", tmp_path / "back")
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    gen = json.loads((tmp_path / "back" / "generation_config.json").read_text())
+    assert (back["bos_token_id"], back["eos_token_id"], back["pad_token_id"]) == (bos, eos, pad)
+    assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"]) == (bos, eos, pad)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    assert (hf_tok.bos_token, hf_tok.eos_token, hf_tok.pad_token) == ("<s>", "</s>", "<pad>")
+
+
+def test_each_familys_import_opens_in_serve(tmp_path):
+    """A newcomer's path: import a family's model, open it in `nextoken serve`, ask the next-token page."""
+    from starlette.testclient import TestClient
+
+    from nextoken.serve.app import create_app
+
+    root = tmp_path / "runs"
+    for family in FAMILIES:
+        _hf_model(tmp_path / "hf" / family, family, tied=False)
+        import_hf(tmp_path / "hf" / family, root / family)
+    client = TestClient(create_app([root]))
+    runs = {r["id"] for r in client.get("/api/runs").json()["runs"]}
+    assert runs == {f"runs/{f}" for f in FAMILIES}
+    for run_id in runs:
+        r = client.post("/api/next", json={"run": run_id, "prompt": "The cat sat on the", "top": 5})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["top"]) == 5 and r.json()["vocab_size"] == 257

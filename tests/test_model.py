@@ -10,12 +10,16 @@ VARIANTS = [
     {"norm": "post"},
     {"norm_type": "rmsnorm", "mlp": "swiglu", "pos": "rope"},
     {"tie_embeddings": False, "bias": True},
+    # the options of the common families (GQA, MQA, Qwen3's q/k norm and wide heads, Pythia's parallel blocks)
+    {"pos": "rope", "norm_type": "rmsnorm", "mlp": "swiglu", "n_head": 4, "n_kv_head": 2, "qkv_bias": True},
+    {"pos": "rope", "n_head": 4, "n_kv_head": 1, "qk_norm": True, "head_size": 16, "mlp_hidden": 40},
+    {"pos": "rope", "parallel_residual": True, "rotary_fraction": 0.25, "gelu": "tanh", "norm_eps": 1e-6},
 ]
 
 
 def make(**kw) -> GPT:
     torch.manual_seed(0)
-    cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=24, vocab_size=61, **kw)
+    cfg = ModelConfig(**{"n_layer": 2, "n_head": 2, "d_model": 32, "block_size": 24, "vocab_size": 61, **kw})
     return GPT(cfg).eval()
 
 
@@ -89,3 +93,30 @@ def test_next_token_distribution_shows_the_prompt_tokens_and_flags_a_trailing_sp
     assert not next_token_distribution(model, bpe, "return alpha", top=3)["trailing_space"]
     small = GPT(ModelConfig(n_layer=1, n_head=1, d_model=16, block_size=16, vocab_size=raw.get_vocab_size()))
     assert not next_token_distribution(small, raw, "return ", top=3)["trailing_space"]  # bytes: a space is a byte
+
+
+def test_kv_cache_holds_only_the_key_value_heads():
+    model = make(pos="rope", n_head=4, n_kv_head=1)
+    cache = KVCache(model.cfg, 2, "cpu", torch.float32)
+    assert cache.k[0].shape == (2, 1, 24, 8) and cache.v[0].shape == (2, 1, 24, 8)  # a quarter of multi-head's
+
+
+def test_kv_cache_grows_to_a_long_context_as_positions_come():
+    model = make(pos="rope", block_size=2100)
+    cache = KVCache(model.cfg, 1, "cpu", torch.float32)
+    assert cache.k[0].size(2) == 1024  # not 2100 until needed
+    idx = torch.randint(0, 61, (1, 1100))
+    full = model(idx)
+    out = torch.cat([model(idx[:, :1000], cache), model(idx[:, 1000:1099], cache), model(idx[:, 1099:], cache)], 1)
+    assert cache.k[0].size(2) == 2048 and torch.allclose(out, full, atol=1e-4)
+
+
+def test_new_options_at_their_defaults_keep_the_model_hash():
+    """Every option added since runs existed counts in the hash only away from its default: runs written
+    before it still resume (the hash of the default config as it was before they were added)."""
+    from nextoken.config import Config
+
+    assert Config().model_hash() == "e6bde8f38cc62be3"
+    cfg = Config()
+    cfg.model.n_kv_head = 2
+    assert cfg.model_hash() != "e6bde8f38cc62be3"

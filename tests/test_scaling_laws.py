@@ -65,7 +65,9 @@ def test_plan_round_trips(name):
 
 
 @pytest.mark.parametrize("kw", [{}, {"mlp": "swiglu", "pos": "rope", "tie_embeddings": False, "bias": True},
-                                {"norm": "post", "norm_type": "rmsnorm", "n_layer": 3}])
+                                {"norm": "post", "norm_type": "rmsnorm", "n_layer": 3},
+                                {"pos": "rope", "n_head": 4, "n_kv_head": 1, "head_size": 32, "mlp_hidden": 100,
+                                 "qk_norm": True, "qkv_bias": True}])
 def test_exact_flops_match_pytorch_flop_counter(kw):
     cfg = ModelConfig(**{"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 64, "vocab_size": 300, **kw})
     exact, measured = training_flops_per_token(cfg), measured_flops_per_token(cfg)

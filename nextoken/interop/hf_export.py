@@ -3,8 +3,10 @@ with no network and no custom code, computing the same function as the run's che
 
     DIR/config.json              the architecture adapters.py chose for the run's options
     DIR/model.safetensors        the weights in that architecture's names and layouts (tied ones once)
-    DIR/generation_config.json   end-of-text as eos (and bos, pad: nextoken has no other special token)
-    DIR/tokenizer.json, tokenizer_config.json, special_tokens_map.json
+    DIR/generation_config.json   bos, eos and pad ids: an imported model's own (RUN/special_tokens.json), else
+                                 nextoken's end-of-text for all three; generation stops at eos
+    DIR/tokenizer.json, tokenizer_config.json, special_tokens_map.json   with a pad token, so that
+                                 `tokenizer([...], padding=True)` works
     DIR/README.md                a model card: config, data, final val figures, how it was trained
 
 Written into a temporary directory beside DIR and renamed into place, so a refusal or a failure leaves nothing.
@@ -20,7 +22,7 @@ from safetensors.torch import save_file
 
 from nextoken.atomic import building
 from nextoken.config import ModelConfig
-from nextoken.data.tokenizer import end_of_text, eot_id, save_tokenizer
+from nextoken.data.tokenizer import end_of_text, save_tokenizer
 from nextoken.interop import InteropError, require
 from nextoken.interop.adapters import adapter_for_model
 from nextoken.run import Run
@@ -50,15 +52,16 @@ def export(run: Run | str | Path, out: str | Path, step: int | None = None, dtyp
     kept = sd["wte.weight"].dtype
     target = DTYPES[dtype] if dtype else kept
     tensors = {k: v.detach().to(target).contiguous() for k, v in adapter.to_hf(sd, m).items()}
-    eos = eot_id(loaded.tokenizer)
+    special = special_tokens(run, loaded.tokenizer)
+    ids = {f"{k}_id": loaded.tokenizer.token_to_id(v) if v else None for k, v in special.items()}
 
     config = {"architectures": [adapter.architecture], "model_type": adapter.model_type, **adapter.config(m),
-              "bos_token_id": eos, "eos_token_id": eos, "torch_dtype": _HF_DTYPE[target], "use_cache": True}
+              **ids, "torch_dtype": _HF_DTYPE[target], "use_cache": True}
     with building(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", config)
-        _write_json(tmp / "generation_config.json", {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos})
-        _write_tokenizer(tmp, loaded.tokenizer, m.block_size)
+        _write_json(tmp / "generation_config.json", ids)
+        _write_tokenizer(tmp, loaded.tokenizer, m.block_size, special)
         (tmp / "README.md").write_text(model_card(loaded, adapter.architecture, target))
         result = {"out": str(out), "architecture": adapter.architecture, "step": loaded.step,
                   "checkpoint": str(loaded.checkpoint), "dtype": _HF_DTYPE[target],
@@ -72,13 +75,25 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _write_tokenizer(folder: Path, tok, block_size: int) -> None:
+def special_tokens(run: Run, tok) -> dict[str, str]:
+    """bos, eos and pad tokens of the export: an imported model's own where it had them (a model without a pad
+    token pads with eos, as GPT-2's users do), else nextoken's end-of-text, which separated the documents."""
+    from nextoken.interop.hf_import import read_special_tokens
+
+    have = read_special_tokens(run.path)
+    eot = end_of_text(tok)
+    eos = have.get("eos_token") or eot
+    return {"bos_token": have.get("bos_token") or (eot if not have else None), "eos_token": eos,
+            "pad_token": have.get("pad_token") or eos}
+
+
+def _write_tokenizer(folder: Path, tok, block_size: int, special: dict[str, str | None]) -> None:
     """tokenizer.json as the run has it, and the config that makes AutoTokenizer a PreTrainedTokenizerFast over
-    it: end-of-text as eos (and bos), nothing added around the text, no clean-up of spaces on decode, and
-    special-token literals split as text (`split_special_tokens`), as nextoken encoded them in training."""
+    it: the special tokens, nothing added around the text by the config (a tokenizer.json's own post-processor,
+    such as Llama's bos, still applies), no clean-up of spaces on decode, and special-token literals split as
+    text (`split_special_tokens`), as nextoken encoded them in training."""
     save_tokenizer(tok, folder / "tokenizer.json")
-    eos = end_of_text(tok)
-    special = {"bos_token": eos, "eos_token": eos}
+    special = {k: v for k, v in special.items() if v}
     _write_json(folder / "special_tokens_map.json", special)
     _write_json(folder / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", **special, "model_max_length": block_size,

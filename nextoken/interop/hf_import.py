@@ -3,6 +3,7 @@ nextoken represents) as an ordinary run directory, so that eval, sample, next an
 
     RUN/config.toml                          the resolved config, with the model's fields (data.path empty)
     RUN/tokenizer.json                       the model's fast tokenizer (a slow one converted by transformers)
+    RUN/special_tokens.json                  its bos, eos and pad tokens (`export` writes them back)
     RUN/metrics.jsonl                        one `import` event naming the source
     RUN/checkpoints/step_00000000/           the weights, through nextoken.checkpoint.save (no optimizer state)
 
@@ -42,6 +43,7 @@ class HFModel:
     config: ModelConfig
     state_dict: Tensors
     tokenizer: Tokenizer
+    special: dict[str, str | None] | None = None  # bos_token, eos_token, pad_token (None: the end-of-text)
 
 
 def read_hf(hf_dir: str | Path) -> HFModel:
@@ -68,7 +70,7 @@ def read_hf(hf_dir: str | Path) -> HFModel:
                            f"tie_word_embeddings {m.tie_embeddings})") from None
     _check_shapes(ours, m, folder)
     tok = _tokenizer(folder, m, hf)
-    return HFModel(str(hf_dir), adapter.architecture, m, ours, tok)
+    return HFModel(str(hf_dir), adapter.architecture, m, ours, tok, special_tokens(folder, hf, tok))
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, force: bool = False) -> dict:
@@ -91,6 +93,8 @@ def write_run(out: Path, model: HFModel) -> Path:
     with building(out) as tmp:
         (tmp / "config.toml").write_text(cfg.to_toml())
         save_tokenizer(model.tokenizer, tmp / "tokenizer.json")
+        if model.special:
+            (tmp / SPECIAL_TOKENS_FILE).write_text(json.dumps(model.special, indent=2) + "\n")
         event = {"kind": "event", "step": 0, "type": "import",
                  "detail": {"source": model.source, "architecture": model.architecture}}
         (tmp / "metrics.jsonl").write_text(json.dumps(event) + "\n")
@@ -215,6 +219,38 @@ def _tokenizer(folder: Path, m: ModelConfig, hf: dict) -> Tokenizer:
         raise InteropError(f"the tokenizer of {folder} has {tok.get_vocab_size(with_added_tokens=True)} ids, more "
                            f"than the model's vocab_size {m.vocab_size}")
     return tok
+
+
+SPECIAL_TOKENS_FILE = "special_tokens.json"
+_SPECIAL = ("bos", "eos", "pad")
+
+
+def special_tokens(folder: Path, hf: dict, tok: Tokenizer) -> dict[str, str | None]:
+    """The model's bos, eos and pad tokens (as strings of `tok`, None where it has none): the ids of
+    generation_config.json, else of config.json, else the tokens of tokenizer_config.json / special_tokens_map.json.
+    A list of eos ids (Llama 3's chat models) keeps its first."""
+    gen = _read_json(folder / "generation_config.json", "") if (folder / "generation_config.json").is_file() else {}
+    names: dict = {}
+    for f in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / f).is_file():
+            names.update(_read_json(folder / f, f))
+    out: dict[str, str | None] = {}
+    for kind in _SPECIAL:
+        i = gen.get(f"{kind}_token_id", hf.get(f"{kind}_token_id"))
+        i = i[0] if isinstance(i, list) and i else i
+        token = tok.id_to_token(i) if isinstance(i, int) else None
+        if token is None:
+            named = names.get(f"{kind}_token")
+            named = named.get("content") if isinstance(named, dict) else named
+            token = named if isinstance(named, str) and tok.token_to_id(named) is not None else None
+        out[f"{kind}_token"] = token
+    return out
+
+
+def read_special_tokens(run_dir: Path) -> dict[str, str | None]:
+    """RUN/special_tokens.json of an imported run ({} for a run nextoken trained: its end-of-text is all three)."""
+    path = Path(run_dir) / SPECIAL_TOKENS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _convert_tokenizer(folder: Path) -> Path:

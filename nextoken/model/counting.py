@@ -24,10 +24,11 @@ class ParamCounts:
 
 def param_counts(cfg: ModelConfig) -> ParamCounts:
     """Trainable parameters of the model `cfg` describes, split as Kaplan et al. (2020, §2.1) do."""
-    D, V, L, F = cfg.d_model, cfg.vocab_size, cfg.n_layer, cfg.mlp_hidden
+    D, V, L, F = cfg.d_model, cfg.vocab_size, cfg.n_layer, cfg.mlp_width
+    Q, KV = cfg.n_head * cfg.head_dim, 2 * cfg.kv_heads * cfg.head_dim  # query and key+value widths
     b = 1 if cfg.bias else 0
     norm = D * (2 if (cfg.norm_type == "layernorm" and cfg.bias) else 1)
-    attn = D * 3 * D + b * 3 * D + D * D + b * D
+    attn = D * (Q + KV) + (b or cfg.qkv_bias) * (Q + KV) + Q * D + b * D + (2 * cfg.head_dim if cfg.qk_norm else 0)
     n_mats = 3 if cfg.mlp == "swiglu" else 2
     mlp = n_mats * D * F + b * ((n_mats - 1) * F + D)
     per_layer = attn + mlp + 2 * norm
@@ -46,13 +47,14 @@ def flops_6nd(params: float, tokens: float) -> float:
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, float]:
     """Forward FLOPs per token of each matmul family, for a sequence of `seq_len` (default block_size)."""
-    T, D, L, V, F = seq_len or cfg.block_size, cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.mlp_hidden
+    T, D, L, V, F = seq_len or cfg.block_size, cfg.d_model, cfg.n_layer, cfg.vocab_size, cfg.mlp_width
+    Q, KV = cfg.n_head * cfg.head_dim, 2 * cfg.kv_heads * cfg.head_dim  # query and key+value widths
     n_mlp = 3 if cfg.mlp == "swiglu" else 2
     return {
-        "qkv": L * 2 * D * 3 * D,
-        "attn_scores": L * 2 * T * D,  # q·k for T keys, all heads together: 2·T·(H·K)
-        "attn_values": L * 2 * T * D,  # the weighted sum of T values
-        "attn_proj": L * 2 * D * D,
+        "qkv": L * 2 * D * (Q + KV),
+        "attn_scores": L * 2 * T * Q,  # q·k for T keys, all query heads together: 2·T·(H·K)
+        "attn_values": L * 2 * T * Q,  # the weighted sum of T values
+        "attn_proj": L * 2 * Q * D,
         "mlp": L * 2 * n_mlp * D * F,
         "logits": 2 * D * V,
     }

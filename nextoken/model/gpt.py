@@ -1,7 +1,8 @@
 """A decoder-only transformer (GPT-2 family, with the common modern options).
 
-Shape suffixes: B batch, T time (positions), D d_model, H heads, K head_dim (D/H), V vocab,
-F MLP hidden width, S positions held in the KV-cache, G = 2H query and key heads side by side.
+Shape suffixes: B batch, T time (positions), D d_model, H query heads, J key/value heads (H, or fewer
+with grouped-query attention), K head_dim, Q = H·K (d_model unless model.head_size sets K), V vocab,
+F MLP hidden width, S positions held in the KV-cache, G = H + J query and key heads side by side.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from nextoken.config import ModelConfig
 
 def _norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm_type == "rmsnorm":
-        return nn.RMSNorm(cfg.d_model, eps=1e-5)
-    return nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 def rope_tables(K: int, T: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,6 +30,9 @@ def rope_tables(K: int, T: int, base: float, device=None) -> tuple[torch.Tensor,
 
 
 def apply_rope(x_BHTK: torch.Tensor, cos_TK: torch.Tensor, sin_TK: torch.Tensor) -> torch.Tensor:
+    R = 2 * cos_TK.size(-1)
+    if R < x_BHTK.size(-1):  # partial rotary (GPT-NeoX, Black et al. 2022): the rest of each head passes as is
+        return torch.cat([apply_rope(x_BHTK[..., :R], cos_TK, sin_TK), x_BHTK[..., R:]], dim=-1)
     # Rotate pairs (first half, second half) of each head's channels: (x1 cos - x2 sin, x2 cos + x1 sin),
     # written as x * [cos, cos] + [x2, x1] * [-sin, sin]: the same roundings (negation is exact, addition
     # commutes), in four passes over x instead of seven (the two small tables cost nothing).
@@ -39,19 +43,25 @@ def apply_rope(x_BHTK: torch.Tensor, cos_TK: torch.Tensor, sin_TK: torch.Tensor)
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, per layer: each new token costs one position."""
+    """Keys and values of the positions seen so far, per layer: each new token costs one position. Room for
+    positions doubles as they come, up to block_size (an imported model's 32k context costs memory only when
+    used)."""
 
     def __init__(self, cfg: ModelConfig, batch: int, device, dtype):
-        H, K, S = cfg.n_head, cfg.head_dim, cfg.block_size
-        self.k = [torch.zeros(batch, H, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(batch, H, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.pos = 0
+        J, K, S = cfg.kv_heads, cfg.head_dim, min(cfg.block_size, 1024)  # the key/value heads only: GQA's saving
+        self.k = [torch.zeros(batch, J, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(batch, J, S, K, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos, self.block_size = 0, cfg.block_size
 
-    def append(self, layer: int, k_BHTK: torch.Tensor, v_BHTK: torch.Tensor):
-        T = k_BHTK.size(2)
-        self.k[layer][:, :, self.pos:self.pos + T] = k_BHTK
-        self.v[layer][:, :, self.pos:self.pos + T] = v_BHTK
-        end = self.pos + T
+    def append(self, layer: int, k_BJTK: torch.Tensor, v_BJTK: torch.Tensor):
+        end = self.pos + k_BJTK.size(2)
+        S = self.k[layer].size(2)
+        if end > S:
+            more = min(max(end, 2 * S), self.block_size) - S
+            self.k[layer], self.v[layer] = (torch.cat([c, c.new_zeros(*c.shape[:2], more, c.size(3))], dim=2)
+                                            for c in (self.k[layer], self.v[layer]))
+        self.k[layer][:, :, self.pos:end] = k_BJTK
+        self.v[layer][:, :, self.pos:end] = v_BJTK
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
@@ -59,51 +69,59 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.cfg, self.layer = cfg, layer
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        H, J, K = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, (H + 2 * J) * K, bias=cfg.bias or cfg.qkv_bias)
+        self.proj = nn.Linear(H * K, cfg.d_model, bias=cfg.bias)
         self.proj.residual = True
+        if cfg.qk_norm:  # per head, before RoPE (Dehghani et al. 2023, ViT-22B; Qwen3)
+            self.q_norm, self.k_norm = nn.RMSNorm(K, eps=cfg.norm_eps), nn.RMSNorm(K, eps=cfg.norm_eps)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def heads(self, x_BTD, rope=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values per head, (B, H, T, K) each, positions rotated (nextoken.inspect reads
-        the attention pattern through this too)."""
-        B, T, D = x_BTD.shape
-        H, K = self.cfg.n_head, self.cfg.head_dim
-        # queries and keys side by side as 2H heads: RoPE rotates both in one pass (half the elementwise ops;
-        # the same arithmetic per element, so the same results). One split, not two slices: the backward of a
+    def qkv_heads(self, x_BTD, rope=None):
+        """Queries (B, H, T, K), keys and values (B, J, T, K) of x, normalized and rotated: the one place
+        they are computed."""
+        B, T, _ = x_BTD.shape
+        H, J, K = self.cfg.n_head, self.cfg.kv_heads, self.cfg.head_dim
+        # queries and keys side by side as G = H + J heads: RoPE rotates both in one pass (half the elementwise
+        # ops; the same arithmetic per element, so the same results). One split, not slices: the backward of a
         # slice zero-fills a tensor of the whole qkv's size, a split's just concatenates.
-        qk_BT2D, v_BTD = self.qkv(x_BTD).split([2 * D, D], dim=2)
-        v_BHTK = v_BTD.view(B, T, H, K).transpose(1, 2)
-        qk_BGTK = qk_BT2D.view(B, T, 2 * H, K).transpose(1, 2)
+        qk_BTGK, v_BTJK = self.qkv(x_BTD).view(B, T, H + 2 * J, K).split([H + J, J], dim=2)
+        qk_BGTK, v_BJTK = qk_BTGK.transpose(1, 2), v_BTJK.transpose(1, 2)
+        if self.cfg.qk_norm:
+            q_BHTK, k_BJTK = qk_BGTK.split([H, J], dim=1)
+            qk_BGTK = torch.cat([self.q_norm(q_BHTK), self.k_norm(k_BJTK)], dim=1)
         if rope is not None:
             qk_BGTK = apply_rope(qk_BGTK, *rope)
-        q_BHTK, k_BHTK = qk_BGTK.split(H, dim=1)
-        return q_BHTK, k_BHTK, v_BHTK
+        q_BHTK, k_BJTK = qk_BGTK.split([H, J], dim=1)
+        return q_BHTK, k_BJTK, v_BJTK
 
     def forward(self, x_BTD, rope=None, cache: KVCache | None = None):
-        B, T, D = x_BTD.shape
-        q_BHTK, k_BHTK, v_BHTK = self.heads(x_BTD, rope)
+        B, T, _ = x_BTD.shape
+        q_BHTK, k_BJTK, v_BJTK = self.qkv_heads(x_BTD, rope)
         mask = None
         causal = self.cfg.attention == "causal"  # bidirectional: the masked-token objective (BERT)
         if cache is not None:
-            k_BHTK, v_BHTK = cache.append(self.layer, k_BHTK, v_BHTK)
+            k_BJTK, v_BJTK = cache.append(self.layer, k_BJTK, v_BJTK)
             if cache.pos > 0:  # queries sit at positions pos..pos+T-1 of the S cached keys
                 causal = False
                 if T > 1:
-                    S = k_BHTK.size(2)
+                    S = k_BJTK.size(2)
                     mask = torch.ones(T, S, dtype=torch.bool, device=x_BTD.device).tril(diagonal=S - T)
         drop = self.cfg.dropout if self.training else 0.0
-        y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BHTK, v_BHTK, attn_mask=mask, dropout_p=drop,
-                                                is_causal=causal and mask is None)
-        y_BTD = y_BHTK.transpose(1, 2).contiguous().view(B, T, D)
-        return self.resid_drop(self.proj(y_BTD))
+        # grouped-query attention (Ainslie et al. 2023): query head h reads key/value head h // (H / J)
+        y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BJTK, v_BJTK, attn_mask=mask, dropout_p=drop,
+                                                is_causal=causal and mask is None,
+                                                enable_gqa=self.cfg.kv_heads != self.cfg.n_head)
+        y_BTQ = y_BHTK.transpose(1, 2).contiguous().view(B, T, -1)
+        return self.resid_drop(self.proj(y_BTQ))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
-        F_ = cfg.mlp_hidden
+        self.approximate = "tanh" if cfg.gelu == "tanh" else "none"
+        F_ = cfg.mlp_width
         if self.swiglu:
             self.gate = nn.Linear(cfg.d_model, F_, bias=cfg.bias)
         self.fc = nn.Linear(cfg.d_model, F_, bias=cfg.bias)
@@ -112,18 +130,24 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x_BTD):
-        h_BTF = F.silu(self.gate(x_BTD)) * self.fc(x_BTD) if self.swiglu else F.gelu(self.fc(x_BTD))
+        if self.swiglu:
+            h_BTF = F.silu(self.gate(x_BTD)) * self.fc(x_BTD)
+        else:
+            h_BTF = F.gelu(self.fc(x_BTD), approximate=self.approximate)
         return self.drop(self.proj(h_BTF))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.pre = cfg.norm == "pre"
+        self.pre, self.parallel = cfg.norm == "pre", cfg.parallel_residual
         self.norm1, self.norm2 = _norm(cfg), _norm(cfg)
         self.attn, self.mlp = Attention(cfg, layer), MLP(cfg)
 
     def forward(self, x_BTD, rope=None, cache=None):
+        if self.parallel:  # GPT-J / GPT-NeoX (Black et al. 2022, §2.1): both sublayers read the block's input
+            a_BTD = self.attn(self.norm1(x_BTD), rope, cache)
+            return self.mlp(self.norm2(x_BTD)) + a_BTD + x_BTD  # transformers' order of the additions
         if self.pre:  # pre-LN (GPT-2): the residual stream is never normalized
             x_BTD = x_BTD + self.attn(self.norm1(x_BTD), rope, cache)
             return x_BTD + self.mlp(self.norm2(x_BTD))
@@ -146,7 +170,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_base)
+            cos, sin = rope_tables(cfg.rotary_dim, cfg.block_size, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
