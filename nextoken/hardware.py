@@ -50,14 +50,14 @@ _MATMUL: dict[tuple, float] = {}
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
-                 reps: int = 5, best_known: bool = False) -> float:
+                 reps: int = 5, best_known: bool = False, fresh: bool = False) -> float:
     """The measured rate of an n x n by n x n matmul in FLOP/s (best of `reps`), once per process. With
     `best_known`, the best rate this machine has shown for the same device, dtype, size, threads and torch
     (remembered in the cache directory's matmul-peaks.json): on a shared CPU a figure taken while other work
-    runs reads low, and MFU against it read above 100% (docs/LOG.md, 2026-11-30)."""
+    runs reads low, and MFU against it read above 100% (docs/LOG.md, 2026-11-30). `fresh` measures again."""
     n = n or (8192 if device.type == "cuda" else 1024)
     key = (str(device), dtype, n, torch.get_num_threads())
-    if key not in _MATMUL:
+    if fresh or key not in _MATMUL:
         g = torch.Generator(device).manual_seed(0)  # not the global RNG: a run's RNG state must not depend on it
         a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
         b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
@@ -73,6 +73,13 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: in
         return _MATMUL[key]
     return _best_known(f"{device_name(device)}|torch {torch.__version__}|{dtype}|n {n}|threads {key[3]}",
                        _MATMUL[key])
+
+
+def load_factor(device: torch.device) -> float:
+    """This device's matmul rate now over the best it has shown here (1: as fast as ever; 0.3: shared with other
+    work). Measures afresh and records a new best."""
+    now = matmul_flops(device, fresh=True)
+    return now / matmul_flops(device, best_known=True)
 
 
 def device_name(device: torch.device) -> str:

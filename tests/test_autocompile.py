@@ -2,7 +2,9 @@
 
 import contextlib
 import json
+import time
 
+import pytest
 import torch
 from conftest import tiny_config
 
@@ -14,6 +16,13 @@ from nextoken.training.autocompile import choose_compile, decide_from_figures
 from nextoken.training.distributed import Dist
 from nextoken.training.loop import train
 from nextoken.training.objective import loss_fn
+
+
+@pytest.fixture(autouse=True)
+def _quiet_machine(monkeypatch):
+    """The machine counts as quiet (its matmul rate at its best) unless a test says otherwise: on a shared box
+    the real measurement would decide whether figures are remembered."""
+    monkeypatch.setattr(autocompile, "_load", lambda device: 1.0)
 
 
 def test_decision_weighs_the_saving_against_the_compile_cost():
@@ -113,3 +122,41 @@ def test_the_run_records_its_choice_in_metrics_and_checkpoint(bytes_data, tmp_pa
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e["detail"]["reason"] for e in events if e.get("type") == "compile"][0].startswith("compile auto: eager")
     assert ckpt.read_trainer(ckpt.resolve(tmp_path / "run"))["compiled"] is False
+
+
+def test_timings_interleave_the_two_ways_and_keep_each_ones_fastest(monkeypatch):
+    clock, order = [0.0], []
+    durations = {"eager": iter([9, 1.0, 5.0, 0.9, 3.0, 2.0, 8.0]), "compiled": iter([9, 0.5, 4.0, 0.7, 0.6, 6.0])}
+
+    def passes(model, fn, batch, device, n):
+        order.append(fn)
+        clock[0] += next(durations[fn])
+    monkeypatch.setattr(autocompile, "_passes", passes)
+    monkeypatch.setattr(autocompile.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(autocompile, "TIMED_PASSES", 5)
+    eager_s, compiled_s = autocompile._time_both(_model(), "eager", "compiled", None, torch.device("cpu"))
+    assert order == ["eager", "compiled"] + ["eager", "compiled"] * 5  # a warm-up of each, then alternating
+    assert (eager_s, compiled_s) == pytest.approx((0.9, 0.5))  # the fastest pass of each, not the median (3.0 and 0.7)
+
+
+def test_figures_taken_under_load_decide_this_run_only_and_say_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(autocompile, "PAYBACK_RUNS", 0)
+    monkeypatch.setattr(autocompile, "_load", lambda device: 0.3)  # the matmul rate at 30% of its best here
+    _, choice = _choose(_model(), tmp_path, Compiler())
+    assert "30% of its best matmul rate" in choice.reason and "not remembered" in choice.reason
+    assert choice.figures["load"] == 0.3 and not (tmp_path / "choices.json").exists()
+
+
+def test_a_remembered_measurement_expires(tmp_path, monkeypatch):
+    monkeypatch.setattr(autocompile, "PAYBACK_RUNS", 0)
+    model = _model()
+    _choose(model, tmp_path, Compiler())
+    cache = tmp_path / "choices.json"
+    key, fig = next(iter(json.loads(cache.read_text()).items()))
+    _, again = _choose(model, tmp_path, Compiler())
+    assert f"measurement of {fig['measured']}" in again.reason and "taken again after 7 days" in again.reason
+    fig["measured_s"] = time.time() - 8 * 86400
+    cache.write_text(json.dumps({key: fig}))
+    compiler = Compiler()
+    _, fresh = _choose(model, tmp_path, compiler)
+    assert compiler.calls == 1 and "measured here" in fresh.reason

@@ -6,12 +6,16 @@ preset on three occasions (docs/LOG.md), and its first compile costs 10-30 s a m
 
 1. keeps the choice a resumed run made (its numerics then continue as they were);
 2. else uses this machine's earlier measurement of the same model, micro-batch, precision, threads and
-   torch version (a small JSON file in the cache directory), compiling if that measurement saved more
-   over the steps left than compiling cost;
+   torch version (a small JSON file in the cache directory) if it is under MAX_AGE_DAYS old, compiling if
+   that measurement saved more over the steps left than compiling cost;
 3. else, when the run is long enough to repay a compile (eager time of the steps left at least
    PAYBACK_RUNS times the expected compile time), times forward and backward of the real model both
-   ways on a random micro-batch (weights, gradients and RNG state untouched), records the figures, and
-   keeps the faster one (the compile cost is then already paid);
+   ways on a random micro-batch (weights, gradients and RNG state untouched), the two ways interleaved and
+   each its fastest pass (other work on a shared machine only ever slows a pass), and keeps the faster way
+   (the compile cost is then already paid). The figures are remembered only if the machine's matmul rate,
+   measured before and after, stayed within TRUSTED_LOAD of the best it has shown (hardware.load_factor):
+   one taken while other jobs ran (eager 2,052 ms against compiled 722 ms, where quiet eager is ~130 ms)
+   would otherwise decide every later run of that shape;
 4. else (a short run) takes the device's usual choice, compiled on CUDA and eager on CPUs, unless the
    expected compile time alone exceeds the whole run's eager time (a sweep's one-minute runs): then eager.
 
@@ -25,20 +29,21 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nextoken.hardware import device_name
+from nextoken.hardware import device_name, load_factor
 
 PAYBACK_RUNS = 10  # measure only when the run's eager time is at least this many expected compile times
 COMPILE_S_PRIOR = {"cpu": 30.0, "cuda": 60.0}  # expected first-compile time before any was measured here
-TIMED_PASSES = 5  # forward+backward passes timed each way (median), after one warm-up
+TIMED_PASSES = 5  # forward+backward passes timed each way (interleaved; the fastest counts), after one warm-up
 STEP_UNIT = "step: model and loss"  # what choose_compile times and compiles (objective.loss_fn)
 MARGIN = 0.03  # compiled must be this much faster than eager to count as faster (timing noise)
+MAX_AGE_DAYS = 7  # a remembered measurement older than this is taken again (torch, drivers and load change)
+TRUSTED_LOAD = 0.7  # remember a measurement only if the matmul rate was at least this share of its best here
 
 
 @dataclass
@@ -108,12 +113,15 @@ def choose_compile(model, step_fn, *, setting: str, device: torch.device, precis
     cache = cache or cache_file()
     key = machine_key(device, precision, threads, dist.world, parallel, model_hash, micro)
     known = read_cache(cache).get(key)
+    if known and time.time() - known.get("measured_s", 0) > MAX_AGE_DAYS * 86400:
+        known = None  # expired (or from before measurements were dated): measure again
     if not _every_rank(dist, known is not None, device):  # ranks with their own caches measure together
         known = None
     if known:
         use = _every_rank(dist, decide_from_figures(known, steps_left, sunk=False), device)
         return _apply(step_fn, use, f"compile auto: {'compiled' if use else 'eager'} from this machine's "
-                      f"measurement ({_describe(known)})", known, compiler)
+                      f"measurement of {known.get('measured', '?')} ({_describe(known)}; taken again after "
+                      f"{MAX_AGE_DAYS} days)", known, compiler)
 
     batch = _random_batch(micro, vocab_size, device)
     eager_s = _time_passes(model, step_fn, batch, device)
@@ -128,15 +136,17 @@ def choose_compile(model, step_fn, *, setting: str, device: torch.device, precis
                       f"default; this run's ~{eager_run_s:.0f} s eager is too short to measure whether a "
                       f"~{expected_compile:.0f} s compile pays back)", {}, compiler)
 
+    load = _load(device)
     figures = {"eager_s": eager_s, "compiled_s": None, "compile_s": 0.0, "micro_steps": micro_steps,
-               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "measured": time.strftime("%Y-%m-%d %H:%M"), "measured_s": time.time()}
     compiled_fn, error = None, None
     try:
         compiled_fn = compiler(step_fn)
         t0 = time.perf_counter()
         _passes(model, compiled_fn, batch, device, 1)  # compiles
         figures["compile_s"] = time.perf_counter() - t0
-        figures["compiled_s"] = _time_passes(model, compiled_fn, batch, device)
+        eager_again, figures["compiled_s"] = _time_both(model, step_fn, compiled_fn, batch, device)
+        figures["eager_s"] = min(eager_s, eager_again)
     except Exception as e:  # noqa: BLE001 - inductor fails in many ways (no C++ compiler, an unsupported op)
         error = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         compiled_fn = None
@@ -148,10 +158,15 @@ def choose_compile(model, step_fn, *, setting: str, device: torch.device, precis
     if error is not None:
         model.zero_grad(set_to_none=True)
         figures.update(compiled_s=None, error=error)
+    figures["load"] = round(min(load, _load(device)), 3)
+    trusted = _every_rank(dist, figures["load"] >= TRUSTED_LOAD, device)
     use = decide_from_figures(figures, steps_left, sunk=True)
-    if dist.is_main:
+    if dist.is_main and trusted:
         write_cache(cache, key, figures)
     how = f"torch.compile failed here: {error}; --train.compile off skips the attempt" if error else _describe(figures)
+    if not trusted:
+        how += (f"; the machine ran at {figures['load']:.0%} of its best matmul rate, so the figures may mislead "
+                "and are not remembered")
     choice = Choice(use, f"compile auto: {'compiled' if use else 'eager'}, measured here ({how})", figures)
     return (compiled_fn if use else step_fn), choice
 
@@ -190,17 +205,35 @@ def _passes(model, fn, batch, device, n: int) -> None:
 
 
 def _time_passes(model, fn, batch, device) -> float:
-    """Median seconds of one forward+backward, after a warm-up; leaves gradients unset and RNG as it was."""
+    """Seconds of `fn`'s fastest forward+backward, after a warm-up; leaves gradients unset and RNG as it was."""
+    return _time_both(model, fn, None, batch, device)[0]
+
+
+def _time_both(model, eager_fn, compiled_fn, batch, device) -> tuple[float, float | None]:
+    """The fastest forward+backward of each way in seconds, the two interleaved pass by pass, so that load
+    that comes and goes slows both alike (the minimum: load only ever adds time); after a warm-up of each.
+    Leaves gradients unset and the RNG as it was."""
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    _passes(model, fn, batch, device, 1)
-    times = []
-    for _ in range(TIMED_PASSES):
-        t0 = time.perf_counter()
+    fns = [eager_fn] if compiled_fn is None else [eager_fn, compiled_fn]
+    best = [float("inf")] * len(fns)
+    for fn in fns:
         _passes(model, fn, batch, device, 1)
-        times.append(time.perf_counter() - t0)
+    for _ in range(TIMED_PASSES):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            _passes(model, fn, batch, device, 1)
+            best[i] = min(best[i], time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state(cuda_rng, device)
-    return statistics.median(times)
+    return best[0], (best[1] if compiled_fn is not None else None)
+
+
+def _load(device: torch.device) -> float:
+    """The matmul rate now over this machine's best (hardware.load_factor); 1.0 where it cannot be measured."""
+    try:
+        return load_factor(device)
+    except RuntimeError:
+        return 1.0
