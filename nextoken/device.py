@@ -57,6 +57,31 @@ def make_runtime(cfg: TrainConfig, device: torch.device | None = None) -> Runtim
     return Runtime(device, torch.bfloat16 if bf16 else None)
 
 
+@contextlib.contextmanager
+def exact_kernels(device: torch.device):
+    """On a CPU, where nextoken promises bit-identical reruns and resumes, run only kernels whose result does not
+    depend on thread timing: `torch.use_deterministic_algorithms(True)`, restored on exit. Under it inductor
+    calls ATen's own index_put/scatter instead of generating kernels that accumulate with atomic adds from
+    several threads (the embedding's backward): compiled, the tiny preset's gradients at 2 threads differed
+    between passes over one batch (4 distinct of 6) and two runs parted at step 4; with it, all equal
+    (docs/LOG.md, 2026-12-06). Uninitialized memory is not filled (its NaN fill only helps find reads of
+    it, and costs a pass). Elsewhere (CUDA) nothing changes: docs/stability.md says what is exact there."""
+    if device.type != "cpu":
+        yield
+        return
+    import torch.utils.deterministic
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
 @functools.cache
 def keep_large_allocations_on_the_heap() -> bool:
     """Serve tensors up to 1 GiB from glibc's heap and never give freed memory back, so that a training step

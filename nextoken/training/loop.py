@@ -15,7 +15,7 @@ from nextoken.data.loader import TokenData, make_sampler
 from nextoken.data.prefetch import DeviceBatches
 from nextoken.data.prepare import check_tokenizer, read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
-from nextoken.device import Runtime, make_runtime
+from nextoken.device import Runtime, exact_kernels, make_runtime
 from nextoken.errors import CheckpointError, ConfigError, NextokenError
 from nextoken.eval.evaluate import evaluate
 from nextoken.eval.tasks import Task, contamination_warning, load_tasks, score_tasks
@@ -44,7 +44,8 @@ class TrainState:
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train per `cfg` into `run_dir`; returns the final eval figures and where things are."""
     d = distributed.init_distributed(cfg.train)  # rank and world size from torchrun; one process without
-    with _writer_lock(Path(run_dir), resume, d):  # one writer per run directory, before anything there is read
+    # one writer per run directory, before anything there is read; on a CPU, kernels that give the same bits each time
+    with _writer_lock(Path(run_dir), resume, d), exact_kernels(distributed.rank_device(d, cfg.train.device)):
         return _train(cfg, Path(run_dir), resume, quiet, d)
 
 
