@@ -7,6 +7,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +57,43 @@ def make_runtime(cfg: TrainConfig, device: torch.device | None = None) -> Runtim
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Runtime(device, torch.bfloat16 if bf16 else None)
+
+
+def run_threads(setting: int, recorded: int | None, distributed: bool) -> int:
+    """The torch threads a CPU run computes with: `train.threads` where set; else the count the run recorded when
+    it started (a resume must reduce in the same order: at 1 and 2 threads the tiny preset's gradients differ in
+    their last bits); else, under torchrun or with OMP_NUM_THREADS set, torch's default; else one per core that
+    is free now (`free_cores`), at most torch's default. A 2-thread run beside a busy core waited on its
+    descheduled thread at every parallel region, 4-5x slower; one thread on the free core is not (docs/LOG.md)."""
+    if setting:
+        return setting
+    if recorded:
+        return recorded
+    default = torch.get_num_threads()
+    if distributed or os.environ.get("OMP_NUM_THREADS"):
+        return default
+    return max(1, min(default, free_cores()))
+
+
+def free_cores(sample_s: float = 0.25) -> int:
+    """Cores this process may use that were idle over `sample_s` seconds (from /proc/stat), rounded; where
+    /proc/stat cannot be read, the cores less the 1-minute load average."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        a = _cpu_times()
+        time.sleep(sample_s)
+        b = _cpu_times()
+        busy = sum(b) - sum(a) - ((b[3] + b[4]) - (a[3] + a[4]))  # all but idle and iowait
+        total = sum(b) - sum(a)
+        used = (os.cpu_count() or cores) * busy / total if total > 0 else 0.0
+    except (OSError, ValueError, IndexError):
+        used = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - used)))
+
+
+def _cpu_times() -> list[int]:
+    with open("/proc/stat") as fh:
+        return [int(v) for v in fh.readline().split()[1:8]]  # user nice system idle iowait irq softirq
 
 
 @contextlib.contextmanager

@@ -15,13 +15,13 @@ from nextoken.data.loader import TokenData, make_sampler
 from nextoken.data.prefetch import DeviceBatches
 from nextoken.data.prepare import check_tokenizer, read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
-from nextoken.device import Runtime, exact_kernels, make_runtime
+from nextoken.device import Runtime, exact_kernels, make_runtime, run_threads
 from nextoken.errors import CheckpointError, ConfigError, NextokenError
 from nextoken.eval.evaluate import evaluate
 from nextoken.eval.tasks import Task, contamination_warning, load_tasks, score_tasks
 from nextoken.hardware import mfu, peak_flops
 from nextoken.model import GPT, param_counts, training_flops_per_token
-from nextoken.run import check_resumable, create_run_dir, lock_run_dir
+from nextoken.run import check_resumable, create_run_dir, lock_run_dir, read_metrics
 from nextoken.training import distributed, init_from
 from nextoken.training.autocompile import choose_compile
 from nextoken.training.faults import Faults
@@ -39,6 +39,7 @@ class TrainState:
     data_step: int = 0  # loader position: batches drawn so far (a rollback may skip ahead)
     elapsed_s: float = 0.0
     compiled: bool | None = None  # what `--train.compile auto` chose (a resumed run keeps it)
+    threads: int | None = None  # CPU threads it computes with: they set the order of fp32 sums (a resume keeps it)
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
@@ -88,6 +89,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
 
     guard = Guard(cfg.stability, report)
     state = _resume(run_dir, cfg, model, optimizer, guard) if resume else TrainState()
+    if rt.device.type == "cpu":  # chosen once per run from the free cores, unless set
+        state.threads = run_threads(t.threads, state.threads, d.enabled)
+        torch.set_num_threads(state.threads)
     if d.is_main:  # only rank 0 writes the run directory, logs and metrics
         create_run_dir(run_dir, cfg, data_dir, resume)  # after the resume checks: a refused resume touches nothing
     d.barrier()
@@ -109,7 +113,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
         steps_left=t.max_steps - state.step, resumed=state.compiled)
     state.compiled = choice.compiled
     if t.compile == "auto":
-        log.write("event", step=state.step, type="compile", detail={"reason": choice.reason, **choice.figures})
+        log.write("event", step=state.step, type="compile", detail={"reason": choice.reason, **choice.figures,
+                                                                      "compiled": choice.compiled})
         display.message(choice.reason)
     tokens_per_step = t.batch_size * t.grad_accum * m.block_size
     flops_tok, peak = training_flops_per_token(m), peak_flops(rt.device, rt.dtype)  # MFU's numerator and its device
@@ -134,11 +139,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     # ---- the loop ----
     display.message(f"training into {run_dir}{f' from step {state.step}' if state.step else ''}: "
                     f"{param_counts(m).total:,} parameters, {tokens_per_step:,} tokens per step, "
-                    f"{rt.device.type} {rt.precision}{' compiled' if state.compiled else ''}, "
+                    f"{rt.device.type} {rt.precision}{' compiled' if state.compiled else ''}"
+                    f"{_threads_note(state.threads, t.threads)}, "
                     f"stability policy {cfg.stability.policy}")
     log.write("event", step=state.step, type="hardware",  # what each train line's MFU is measured against
               detail={"device": str(rt.device), "precision": rt.precision, "processes": d.world,
-                      "peak_flops_per_device": peak, "flops_per_token": flops_tok})
+                      "peak_flops_per_device": peak, "flops_per_token": flops_tok, "threads": state.threads,
+                      "compiled": state.compiled})
     t0, elapsed0 = time.perf_counter(), state.elapsed_s
     t_start, tokens_last = t0, state.tokens
     result, last_ckpt = None, None
@@ -250,7 +257,8 @@ def _rollback(guard: Guard, state: TrainState, step: int, run_dir: Path, model, 
     branch, so that a later --resume continues from the rolled-back run."""
     trainer = guard.rollback(step, state.data_step, run_dir, model, optimizer)
     ckpt.drop_after(run_dir / "checkpoints", trainer["step"])
-    return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], state.elapsed_s, state.compiled)
+    return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], state.elapsed_s, state.compiled,
+                      state.threads)
 
 
 def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard) -> TrainState:
@@ -259,8 +267,10 @@ def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard) -> Train
         check_tokenizer(cfg.data.path, load_tokenizer(run_dir / "tokenizer.json"), str(run_dir),
                         f"{run_dir}/tokenizer.json")
     path = ckpt.latest_checkpoint(run_dir)
-    if path is None:  # killed before its first checkpoint: start it again from step 0
-        return TrainState()
+    if path is None:  # killed before its first checkpoint: start it again from step 0, as it had started
+        started = next((e["detail"] for e in reversed(read_metrics(run_dir))
+                        if e.get("kind") == "event" and e.get("type") == "hardware"), {})
+        return TrainState(compiled=started.get("compiled"), threads=started.get("threads"))
     trainer = ckpt.read_trainer(path)
     if trainer.get("model_hash") != cfg.model_hash():
         raise CheckpointError(f"{path} was trained with a different model config; resume with the run's "
@@ -268,4 +278,11 @@ def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard) -> Train
     ckpt.restore(path, model, optimizer, rng=True)  # either format, any world size
     guard.load_state_dict(trainer.get("stability", {}))
     return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], trainer.get("elapsed_s", 0.0),
-                      trainer.get("compiled"))
+                      trainer.get("compiled"), trainer.get("threads"))
+
+
+def _threads_note(threads: int | None, setting: int) -> str:
+    if threads is None:
+        return ""
+    how = "" if setting else " (from the free cores; --train.threads sets it)"
+    return f", {threads} thread{'s' * (threads > 1)}{how}"
