@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         if "--debug" in argv:
             raise
-        _err(f"error: {e}")
+        _err_once(e)
         return e.exit_code
     try:
         if args.cmd is None:
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except NextokenError as e:
         if args.debug:
             raise
-        _err(f"error: {e}")
+        _err_once(e)
         if (distributed := sys.modules.get("nextoken.training.distributed")) is not None and distributed.live():
             distributed.exit_process(e.exit_code)  # a rank of a stopped job: no teardown of a group mid-job
         return e.exit_code
@@ -393,6 +393,15 @@ def _run_summary(cfg) -> str:
         line += (f"; N {n:,} non-embedding parameters, {t.max_steps * per_step / n:.1f} tokens each, "
                  f"{t.max_steps * per_step * training_flops_per_token(shape):.3g} FLOPs")
     return line
+
+
+def _err_once(e: NextokenError) -> None:
+    """Print a user error as one line: under torchrun, an error every rank met alike (a bad flag) by rank 0 only,
+    not once per process."""
+    import os
+
+    if not (e.every_rank and _under_torchrun() and os.environ.get("RANK", "0") != "0"):
+        _err(f"error: {e}")
 
 
 def _under_torchrun() -> bool:

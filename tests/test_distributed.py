@@ -197,3 +197,30 @@ def test_muon_under_ddp_with_accumulation_matches_one_process(bytes_data, tmp_pa
     got, ref = _losses(tmp_path / "two"), _losses(tmp_path / "one")
     assert sorted(got) == list(range(1, 7))
     _assert_same_curve(got, ref)
+
+
+def test_muon_under_fsdp_matches_one_process_and_resumes_exactly(bytes_data, tmp_path):
+    # FSDP2 shards each matrix by rows; Muon gathers each one for its Newton-Schulz step (optim.Muon), so two
+    # sharded processes follow one plain process, and a resume continues the sharded run to the same bits.
+    cfg = _config(bytes_data, train__batch_size=2, train__grad_accum=2, optim__name="muon", train__max_steps=6,
+                  train__ckpt_every=3)
+    train(cfg, tmp_path / "one", quiet=True)
+    toml = _write(cfg, tmp_path / "muon.toml")
+    fsdp = ["--train.parallel", "fsdp"]
+    _torchrun(2, toml, tmp_path / "two", *fsdp)
+    got, ref = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert sorted(got) == list(range(1, 7))
+    _assert_same_curve(got, ref)
+
+    _torchrun(2, toml, tmp_path / "resumed", *fsdp, "--train.max_steps", "3")
+    _torchrun(2, toml, tmp_path / "resumed", *fsdp, "--resume", "--train.max_steps", "6")
+    assert _losses(tmp_path / "resumed") == got  # bit-identical figures from step 4 on, too
+
+
+def test_a_bad_flag_under_torchrun_is_said_once(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "nextoken", "train", "--optim.lr", "-1", "--out", str(tmp_path / "run")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode != 0
+    # one line from the job's processes; torchrun's own failure report follows, which no worker can silence
+    assert res.stderr.count("error: optim.lr must be positive") == 1, res.stderr[-2000:]

@@ -12,7 +12,6 @@ import torch
 from conftest import tiny_config
 
 from nextoken.config import ModelConfig, OptimConfig, build_config
-from nextoken.errors import ConfigError
 from nextoken.model import GPT
 from nextoken.training.loop import train
 from nextoken.training.optim import Muon, build_optimizer, muon_params, orthogonalize, param_groups, set_lr
@@ -117,11 +116,6 @@ def test_muon_rolls_back_through_its_snapshots(bytes_data, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["detail"]["to_step"] for r in rows if r.get("type") == "rollback"] == [8]
     assert res["step"] == 20 and res["loss"] == res["loss"]
-
-
-def test_muon_with_fsdp_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match="FSDP2 shards; use --train.parallel ddp"):
-        build_config(overrides=[("optim.name", "muon"), ("train.parallel", "fsdp")])
 
 
 def test_the_optimizer_state_dict_round_trips():

@@ -34,7 +34,7 @@ def _dcp_state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dic
         warnings.simplefilter("ignore", FutureWarning)
         if optimizer is None:
             return {"model": get_model_state_dict(model)}
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, _each(optimizer))
     return {"model": model_sd, "optim": optim_sd}
 
 
@@ -90,4 +90,10 @@ def load(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None =
         if optimizer is None:
             set_model_state_dict(model, state["model"])
         else:
-            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            set_state_dict(model, _each(optimizer), model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def _each(optimizer) -> tuple:
+    """The PyTorch optimizers behind `optimizer` (Muon and AdamW behind optim.Optimizers), which DCP's state-dict
+    functions take together: their states are keyed by parameter name, so they merge into one."""
+    return tuple(getattr(optimizer, "optimizers", (optimizer,)))

@@ -64,6 +64,7 @@ class Dist:
             if err is None and message[0] is not None:
                 err = NextokenError(message[0])
         if err is not None:
+            err.every_rank = True  # rank 0's error, raised on all: said once
             raise err
 
     def launcher_died(self) -> bool:

@@ -75,7 +75,13 @@ def orthogonalize(g: torch.Tensor, steps: int, coefficients: tuple[float, float,
 
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (its parameters, groups, state and checkpoints) with the Newton–Schulz step in
-    `ns_dtype`; with bf16 its steps are torch's (tests/test_muon.py)."""
+    `ns_dtype`; with bf16 its steps are torch's (tests/test_muon.py).
+
+    Matrices FSDP2 shards by rows (DTensors) get the same update as in one process: the momentum stays sharded
+    (it is elementwise), each matrix's momentum-corrected update is all-gathered for its Newton–Schulz step,
+    computed whole on every rank, and each rank applies its own rows. This is Moonlight's distributed Muon (Liu
+    et al. 2025, "Muon is Scalable for LLM Training", §2.3), which pays a gather and repeated orthogonalization
+    per matrix for an update equal to one process's; torchtitan's assigns whole matrices to ranks instead."""
 
     def __init__(self, params, *, ns_dtype: torch.dtype = torch.bfloat16, **kw):
         super().__init__(params, **kw)
@@ -83,6 +89,8 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
         assert closure is None, "nextoken steps without a closure"
         for group in self.param_groups:
             params, grads, bufs = [], [], []
@@ -92,8 +100,11 @@ class Muon(torch.optim.Muon):
             for p, g, buf in zip(params, grads, bufs, strict=True):
                 buf.lerp_(g, 1 - mu)
                 update = g.lerp(buf, mu) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_steps"], group["ns_coefficients"], group["eps"],
-                                       self.ns_dtype)
+                sharded = isinstance(update, DTensor)
+                update = orthogonalize(update.full_tensor() if sharded else update, group["ns_steps"],
+                                       group["ns_coefficients"], group["eps"], self.ns_dtype)
+                if sharded:  # every rank holds the same result: keep this rank's rows, no messages
+                    update = distribute_tensor(update.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None)
                 p.mul_(1 - lr * wd)  # decoupled weight decay at Muon's own LR, as torch.optim.Muon
                 # torch.optim.Muon's default ("original") scale: sqrt(max(1, rows / cols)), Jordan et al. 2024
                 p.add_(update.to(p.dtype), alpha=-lr * max(1, p.size(0) / p.size(1)) ** 0.5)
