@@ -142,7 +142,8 @@ class TrainConfig:
     mask_rate: float = _f(0.15, "mlm: share of positions predicted")
     sampling_prob: float = _f(0.25, "scheduled-sampling: share of input tokens replaced by the model's own sample "
                               "(1: every input is the model's)")
-    threads: int = _f(0, "CPU threads for torch (0: torch's default)")
+    threads: int = _f(0, "CPU threads for torch (0: one per core idle when the run starts, at most torch's default; "
+                         "kept by --resume)")
     parallel: str = _f("ddp", "data parallelism under torchrun: ddp, or fsdp (FSDP2, sharded)", ("ddp", "fsdp"))
     init_from: str = _f("", "start from the weights of a run, checkpoint or Hugging Face model directory, with a "
                         "fresh optimizer and schedule; the model's shape comes from it")
@@ -361,8 +362,6 @@ def validate(cfg: Config) -> None:
         (o.lr > 0, f"optim.lr must be positive (got {o.lr})"),
         (o.muon_lr > 0 and 0 <= o.muon_momentum < 1,
          "optim.muon_lr must be positive and optim.muon_momentum in [0, 1)"),
-        (o.name != "muon" or t.parallel != "fsdp",
-         "optim.name muon orthogonalizes whole matrices, which FSDP2 shards; use --train.parallel ddp"),
         (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 turns clipping off)"),
         (0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]"),
