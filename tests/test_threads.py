@@ -40,3 +40,20 @@ def test_a_resume_computes_with_the_threads_the_run_started_with(bytes_data, tmp
     cfg.train.max_steps = 3
     train(cfg, tmp_path / "run", resume=True, quiet=True)
     assert torch.get_num_threads() == 1 and ckpt.read_trainer(ckpt.resolve(tmp_path / "run"))["threads"] == 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_killed_before_its_first_checkpoint_restarts_as_it_started(bytes_data, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    monkeypatch.setattr(device, "free_cores", lambda: 1)
+    cfg = tiny_config(bytes_data, train__max_steps=2, train__eval_every=0, train__threads=0)
+    run = tmp_path / "run"
+    train(cfg, run, quiet=True)
+    shutil.rmtree(run / "checkpoints")  # as if killed before it saved anything
+    monkeypatch.setattr(device, "free_cores", lambda: 2)
+    train(cfg, run, resume=True, quiet=True)
+    hardware = [json.loads(line)["detail"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                if '"hardware"' in line]
+    assert [h["threads"] for h in hardware] == [1, 1] and hardware[1]["compiled"] is False
