@@ -60,7 +60,13 @@ def resolve_train_config(preset: str | None = None, file: str | Path | None = No
 
             apply_source(cfg, overrides or [])
     if data:
-        cfg.data.path = str(data)
+        from nextoken.data.mixture import is_mix, parse_mix
+
+        if is_mix(str(data)):
+            parse_mix(str(data))  # a bad weight string is one line now, not after the corpus is prepared
+            cfg.data.mix = str(data)
+        else:
+            cfg.data.path, cfg.data.mix = str(data), ""
     return cfg
 
 
@@ -83,14 +89,18 @@ def train(config: Config | None = None, out: str | Path | None = None, *, resume
     Returns the final figures: `loss` (nats per token), `ppl`, `bits_per_token`, `bits_per_byte`, `step`,
     `tokens`, `elapsed_s` (s), `run` and `checkpoint` (paths), `rank`, and `model` (the trained GPT; on
     ranks other than 0 of an FSDP2 job, None). Raises NextokenError subclasses for bad config or data."""
-    from nextoken.data.builtin import stdlib_data
+    from nextoken.data import mixture
+    from nextoken.data.builtin import builtin_data, is_builtin
     from nextoken.training.distributed import main_first
     from nextoken.training.loop import train as train_loop
 
     cfg = config if config is not None else build_config("tiny")
-    with main_first(cfg.train) as dist:  # under torchrun rank 0 prepares the built-in corpus, the others wait
-        if not cfg.data.path:
-            cfg.data.path = str(stdlib_data(cfg.data.tokenizer, cfg.data.vocab_size, log=log))
+    with main_first(cfg.train) as dist:  # under torchrun rank 0 prepares the built-in corpora, the others wait
+        if cfg.data.mix:  # its first source's directory is the run's data.path (tokenizer, val documents)
+            cfg.data.path = str(mixture.resolve(cfg.data.mix, cfg.data.tokenizer, cfg.data.vocab_size, log)[0].path)
+            cfg.data.mix = mixture.absolute(cfg.data.mix)
+        elif not cfg.data.path or is_builtin(cfg.data.path):
+            cfg.data.path = str(builtin_data(cfg.data.path or "stdlib", cfg.data.tokenizer, cfg.data.vocab_size, log=log))
     cfg.data.path = str(Path(cfg.data.path).resolve())
     if dist.enabled and not out:
         raise ConfigError("a multi-process run needs --out RUN, the one directory all its processes share")
@@ -106,23 +116,35 @@ def _loaded(run: Run | Loaded | str | Path, step: int | None, device: str) -> Lo
 def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, split: str = "val", tokens: int = 0,
              step: int | None = None, device: str = "cpu") -> dict:
     """Held-out figures of a checkpoint (default: the newest) on `split` of `data` (default: the run's own
-    prepared data); `tokens` 0 evaluates the whole split. Returns `loss` (nats per token), `ppl`,
-    `bits_per_token`, `bits_per_byte`, `eval_tokens`, `eval_bytes`, `step`, `tokens` (trained) and
-    `checkpoint`. Raises DataError for data prepared with another tokenizer than the run's."""
+    prepared data; a mixed run's, every source of its mix); `tokens` 0 evaluates the whole split. Returns
+    `loss` (nats per token), `ppl`, `bits_per_token`, `bits_per_byte`, `eval_tokens`, `eval_bytes`, `step`,
+    `tokens` (trained) and `checkpoint`; for a mix also `sources`, each source's figures (as the run's
+    per-source eval lines). Raises DataError for data prepared with another tokenizer than the run's."""
+    from nextoken.data import mixture
     from nextoken.data.loader import TokenData
-    from nextoken.data.prepare import check_tokenizer
+    from nextoken.data.prepare import check_tokenizer, read_manifest
     from nextoken.data.tokenizer import token_byte_lengths
     from nextoken.eval.evaluate import evaluate as evaluate_model
+    from nextoken.eval.evaluate import evaluate_mixture
 
     loaded = _loaded(run, step, device)
-    data_dir = data or loaded.run.config.data.path
+    data_cfg = loaded.run.config.data
+    data_dir = data or data_cfg.path
     if not data_dir:
         raise DataError(f"{loaded.run.path} names no prepared data (an imported model); pass --data DIR, prepared "
                         f"with its tokenizer: nextoken prepare SOURCE --out DIR --tokenizer {loaded.run.path}/"
                         "tokenizer.json")
-    check_tokenizer(data_dir, loaded.tokenizer, str(loaded.run.path), f"{loaded.run.path}/tokenizer.json")
-    res = evaluate_model(loaded.model, TokenData(data_dir, split), loaded.model.cfg.block_size,
-                         token_byte_lengths(loaded.tokenizer), tokens, device=device)
+    sources = mixture.resolve(data_cfg.mix, data_cfg.tokenizer, data_cfg.vocab_size) if data_cfg.mix and not data \
+        else [mixture.MixSource("", str(data_dir), 1.0, Path(data_dir))]
+    for s in sources:
+        check_tokenizer(s.path, loaded.tokenizer, str(loaded.run.path), f"{loaded.run.path}/tokenizer.json")
+    doc_sep = read_manifest(sources[0].path)["eot_id"] if data_cfg.doc_mask else None
+    args = (loaded.model.cfg.block_size, token_byte_lengths(loaded.tokenizer), tokens)
+    if len(sources) > 1 or sources[0].name:
+        res = evaluate_mixture(loaded.model, {s.name: TokenData(s.path, split) for s in sources},
+                               {s.name: s.weight for s in sources}, *args, device=device, doc_sep=doc_sep)
+    else:
+        res = evaluate_model(loaded.model, TokenData(data_dir, split), *args, device=device, doc_sep=doc_sep)
     return {**res, "step": loaded.step, "tokens": loaded.trainer["tokens"], "checkpoint": str(loaded.checkpoint)}
 
 

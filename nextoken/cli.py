@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=_train_epilog())
     tr.add_argument("--config", help="TOML config file")
     tr.add_argument("--preset", help=f"{', '.join(PRESETS)} (default tiny)")
-    tr.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
+    tr.add_argument("--data", help="prepared data directory, a built-in corpus (stdlib, stdlib-prose), or a mix of "
+                    "them by weight: A=0.7,B=0.3 (default: stdlib)")
     tr.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     tr.add_argument("--init-from", metavar="RUN_OR_HF_DIR",
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="held-out loss, perplexity, bits per byte of a checkpoint; or its scores on "
                         "downstream tasks (--task, --harness; docs/eval.md)")
     ev.add_argument("run", metavar="RUN|CKPT", help="a run directory (its newest checkpoint) or a checkpoint directory")
-    ev.add_argument("--data", help="prepared data directory (default: the run's)")
+    ev.add_argument("--data", help="prepared data directory (default: the run's; a mixed run's: each source and "
+                    "the mix)")
     ev.add_argument("--split", default="val", help="val (default) or train")
     ev.add_argument("--tokens", type=_nonnegative_int, default=0, help="tokens to evaluate (default: the whole split)")
     ev.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")
@@ -425,9 +427,12 @@ def cmd_eval(args, extra) -> int:
     if args.json:
         _print_json(res)
     else:
+        for name, r in res.get("sources", {}).items():  # a mixed run: each source, then the mixture
+            _err(f"  {name}: {args.split} loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  bits/byte {r['bits_per_byte']:.3f}"
+                 f"  ({r['eval_tokens']:,} tokens)")
         _err(f"{res['checkpoint']}: {args.split} loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  "
              f"bits/token {res['bits_per_token']:.3f}  bits/byte {res['bits_per_byte']:.3f}  "
-             f"({res['eval_tokens']:,} tokens)")
+             f"({res['eval_tokens']:,} tokens{', the mix at its weights' if 'sources' in res else ''})")
         if note := _diverged(res["loss"], _vocab_size(args.run)):
             _err(note)
     return 0

@@ -25,9 +25,19 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
 
 @dataclass
 class DataConfig:
-    path: str = _f("", "prepared data directory (empty: the built-in stdlib corpus, prepared once and cached)")
-    tokenizer: str = _f("bpe", "tokenizer used when the built-in corpus is prepared: bpe, bytes or a tokenizer.json")
-    vocab_size: int = _f(4096, "BPE vocabulary size used when the built-in corpus is prepared")
+    path: str = _f("", "prepared data directory or a built-in corpus, stdlib or stdlib-prose (empty: stdlib, prepared "
+                   "once and cached); with data.mix, the mix's first source")
+    mix: str = _f("", "a data mix NAME=WEIGHT,... (`--data stdlib=0.8,stdlib-prose=0.2`): prepared directories or "
+                  "built-in corpora with one tokenizer, weights normalized; per-source eval lines (README, Mixing data)")
+    max_repeat: float = _f(4.0, "most epochs any source of a mix may be trained for (Muennighoff et al. 2023: up to "
+                           "about 4 are worth almost as much as fresh data); 0: no cap")
+    on_repeat: str = _f("report", "a mix source over data.max_repeat: report it (an event line) or refuse the run",
+                        ("report", "refuse"))
+    packing: str = _f("windows", "windows: random windows of the token stream; bestfit: rows that start at a document, "
+                      "packed best-fit with a BOS (docs/packing.md)", ("windows", "bestfit"))
+    doc_mask: bool = _f(False, "keep attention inside documents (block-causal at the end-of-text separators)")
+    tokenizer: str = _f("bpe", "tokenizer used when a built-in corpus is prepared: bpe, bytes or a tokenizer.json")
+    vocab_size: int = _f(4096, "BPE vocabulary size used when a built-in corpus is prepared")
 
 
 @dataclass
@@ -385,6 +395,7 @@ def validate(cfg: Config) -> None:
          f"model.attention bidirectional only suits train.objective mlm (got {t.objective}): each position would "
          "see the token it predicts"),
         (cfg.data.vocab_size >= 260, "data.vocab_size must be >= 260 (256 bytes plus special tokens)"),
+        (cfg.data.max_repeat >= 0, "data.max_repeat must be >= 0 (0: no cap)"),
         (st.window >= 3, "stability.window must be >= 3"),
         (st.threshold > 0, "stability.threshold must be > 0"),
         (st.rollback_steps >= 0 and st.skip_batches >= 0, "stability.rollback_steps and skip_batches must be >= 0"),
@@ -395,6 +406,10 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
     parse_inject(cfg.stability.inject)
+    if cfg.data.mix:
+        from nextoken.data.mixture import parse_mix
+
+        parse_mix(cfg.data.mix)
     for section in SECTIONS:
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):

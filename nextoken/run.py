@@ -235,18 +235,26 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def last_per_step(rows: list[dict], kind: str) -> list[dict]:
-    """One line per step of `kind` with a loss, the last one written (a resume or rollback repeats steps)."""
+def last_per_step(rows: list[dict], kind: str, source: str | None = None) -> list[dict]:
+    """One line per step of `kind` with a loss, the last one written (a resume or rollback repeats steps). Eval
+    lines of a mix's sources (those with `"source"`) only when `source` names one; else the overall lines."""
     by_step = {r["step"]: r for r in rows
-               if r.get("kind") == kind and r.get("loss") is not None and isinstance(r.get("step"), int)}
+               if r.get("kind") == kind and r.get("loss") is not None and isinstance(r.get("step"), int)
+               and r.get("source") == source}
     return [by_step[s] for s in sorted(by_step)]
+
+
+def sources_of(rows: list[dict]) -> list[str]:
+    """The sources of a mixed run's per-source eval lines, in the order first written."""
+    return list(dict.fromkeys(r["source"] for r in rows if r.get("kind") == "eval" and isinstance(r.get("source"), str)))
 
 
 def final_eval(rows: list[dict], max_steps: int) -> dict | None:
     """The val eval line written at step `max_steps` (a finished run's last figures), else None."""
     found = None
     for r in rows:
-        if r.get("kind") == "eval" and r.get("step") == max_steps and r.get("split", "val") == "val":
+        if (r.get("kind") == "eval" and r.get("step") == max_steps and r.get("split", "val") == "val"
+                and "source" not in r):
             found = r
     return found
 
@@ -320,9 +328,10 @@ class Run:
         rows = read_metrics(self.path)
         return rows if kind is None else [r for r in rows if r.get("kind") == kind]
 
-    def last_per_step(self, kind: str) -> list[dict]:
-        """One line per step of `kind` with a loss, the last one written (a resume or rollback repeats steps)."""
-        return last_per_step(self.metrics(kind), kind)
+    def last_per_step(self, kind: str, source: str | None = None) -> list[dict]:
+        """One line per step of `kind` with a loss, the last one written (a resume or rollback repeats steps);
+        eval lines of one source of a mix with `source`."""
+        return last_per_step(self.metrics(kind), kind, source)
 
     @property
     def events(self) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The built-in corpus, prepared once and cached: the running interpreter's standard library."""
+"""The built-in corpora, prepared once and cached: the running interpreter's standard library (`stdlib`) and its
+English (`stdlib-prose`, data/sources.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from nextoken.data.prepare import PrepareOptions, prepare
 from nextoken.data.sources import stdlib_files
 from nextoken.errors import DataError
 
+NAMES = ("stdlib", "stdlib-prose")  # what `--data NAME` and a mix (`--data stdlib=0.8,stdlib-prose=0.2`) accept
+
+
+def is_builtin(spec: str) -> bool:
+    """`spec` names a built-in corpus (a prepared directory of the same name, in the working directory, wins)."""
+    return spec in NAMES and not (Path(spec) / "manifest.json").is_file()
+
 
 def cache_root() -> Path:
     if os.environ.get("NEXTOKEN_CACHE"):
@@ -20,8 +28,10 @@ def cache_root() -> Path:
     return Path(base) / "nextoken"
 
 
-def stdlib_data(tokenizer: str = "bpe", vocab_size: int = 4096, log=None) -> Path:
-    """Prepared data for `stdlib` with this tokenizer, preparing it on first use."""
+def builtin_data(name: str = "stdlib", tokenizer: str = "bpe", vocab_size: int = 4096, log=None) -> Path:
+    """Prepared data for the built-in corpus `name` with this tokenizer (bpe, bytes or a tokenizer.json: a mix
+    prepares its built-in sources with its first source's), preparing it on first use."""
+    assert name in NAMES, name
     files = stdlib_files()
     digest = hashlib.sha256("".join(f"{f}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:10]
     tag = "bytes" if tokenizer == "bytes" else f"{tokenizer}{vocab_size}"
@@ -29,13 +39,20 @@ def stdlib_data(tokenizer: str = "bpe", vocab_size: int = 4096, log=None) -> Pat
         if not Path(tokenizer).is_file():
             raise DataError(f"data.tokenizer {tokenizer} does not exist; use bpe, bytes or a tokenizer.json path")
         tag = "tok" + hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()[:10]
-    out = cache_root() / f"stdlib-py{sys.version_info.major}{sys.version_info.minor}-{tag}-{digest}"
+    kind = "" if name == "stdlib" else "-prose"
+    out = cache_root() / f"stdlib{kind}-py{sys.version_info.major}{sys.version_info.minor}-{tag}-{digest}"
     if (out / "manifest.json").is_file():
         return out
     # Two first runs at once: one prepares, the other waits on the lock and then finds the manifest.
     with locked(out.parent / f".{out.name}.lock"):
         if not (out / "manifest.json").is_file():
             if log:
-                log(f"preparing the built-in corpus (Python {sys.version.split()[0]} standard library) into {out}")
-            prepare(["stdlib"], out, PrepareOptions(tokenizer=tokenizer, vocab_size=vocab_size, force=True), log=log)
+                what = "standard library" if name == "stdlib" else "standard library's docstrings and comments"
+                log(f"preparing the built-in corpus {name} (Python {sys.version.split()[0]} {what}) into {out}")
+            prepare([name], out, PrepareOptions(tokenizer=tokenizer, vocab_size=vocab_size, force=True), log=log)
     return out
+
+
+def stdlib_data(tokenizer: str = "bpe", vocab_size: int = 4096, log=None) -> Path:
+    """Prepared data for `stdlib` with this tokenizer, preparing it on first use."""
+    return builtin_data("stdlib", tokenizer, vocab_size, log)

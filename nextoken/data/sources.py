@@ -4,6 +4,11 @@
 `stdlib+tests` is the same corpus with the standard library's own test suites (about twice the
 text: 31.5 MB against 14.4 MB on CPython 3.11), for experiments that need more unique data.
 
+`stdlib-prose` is the English of the same files: per module one document of its docstrings (read with `ast`)
+and comment blocks (read with `tokenize`), in source order, plus one document per topic of `pydoc_data`
+(the language reference pages `help()` shows). Deterministic for a given interpreter; its size and a sample
+are in docs/data.md.
+
 A source yields documents (str). Reading is streaming: one file, one JSON line or one parquet
 record batch at a time, so memory never depends on the corpus size.
 
@@ -14,10 +19,13 @@ byte sequence becomes U+FFFD and the number of replacements is counted and repor
 
 from __future__ import annotations
 
+import ast
 import glob
+import io
 import json
 import os
 import sysconfig
+import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +70,8 @@ class Source:
     """One resolved input: a path and how to read it."""
 
     path: Path
-    kind: str  # text | jsonl | parquet | dataset (Hugging Face `datasets`, interop/datasets_source.py)
+    kind: str  # text | jsonl | parquet | dataset (Hugging Face `datasets`, interop/datasets_source.py) | prose
+    # (a stdlib module's docstrings and comments) | topics (pydoc_data's topics)
     explicit: bool  # named directly by the user (a binary file is then an error, not a skip)
     builtin: bool = False  # from `stdlib`: a file that is not UTF-8 (the test suite has some on purpose) is skipped
     spec: str = ""  # a dataset's spec as given (`hf:NAME@SPLIT`, or a save_to_disk folder)
@@ -74,18 +83,27 @@ class Source:
             from nextoken.interop.datasets_source import size_of
 
             return size_of(self.spec)
+        if self.kind == "topics":
+            return 0
         return self.path.stat().st_size
+
+
+BUILTIN = ("stdlib", "stdlib+tests", "stdlib-prose")  # the corpora on every machine
 
 
 def resolve(specs: list[str]) -> list[Source]:
     """Expand files, directories, globs and `stdlib` into a sorted, de-duplicated list of sources."""
     if not specs:
-        raise DataError("no corpus given; pass files, directories, globs, `stdlib` or `stdlib+tests`")
+        raise DataError("no corpus given; pass files, directories, globs, `stdlib`, `stdlib+tests` or `stdlib-prose`")
     out: list[Source] = []
     for spec in specs:
         if spec in ("stdlib", "stdlib+tests"):
             out += [Source(p, "text", False, builtin=True)
                     for p in stdlib_files(include_tests=spec == "stdlib+tests")]
+            continue
+        if spec == "stdlib-prose":
+            out += [Source(p, "prose", False, builtin=True) for p in stdlib_files()]
+            out.append(Source(Path("pydoc_data/topics"), "topics", False, builtin=True))
             continue
         p = Path(spec)
         if spec.startswith("hf:") or _saved_dataset(p):
@@ -178,12 +196,73 @@ def iter_documents(sources: list[Source], stats: ReadStats, text_field: str = "t
                     stats.skipped_not_utf8.append(str(src.path))
                 else:
                     yield from _emit(text, stats)
+        elif src.kind == "prose":
+            yield from _emit(module_prose(src.path.read_bytes()), stats)
+        elif src.kind == "topics":
+            from pydoc_data.topics import topics
+
+            for name in sorted(topics):
+                yield from _emit(topics[name], stats)
         elif src.kind == "jsonl":
             yield from _iter_jsonl(src.path, text_field, utf8, stats)
         else:
             yield from _iter_parquet(src.path, text_field, stats)
         if on_bytes:
             on_bytes(size)
+
+
+def module_prose(source: bytes) -> str:
+    """The English of a Python module: its docstrings (module, classes, functions; `ast.get_docstring`, indentation
+    cleaned) and its comment blocks (consecutive `#` lines, `tokenize`), in source order, blank-line separated.
+    Shebangs, coding lines and commented-out code are not prose and are left out; a module that does not parse
+    gives what could be read before the error."""
+    pieces: list[tuple[int, str]] = []  # (line, text)
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        tree = None
+    if tree is not None:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=True)
+                if doc and doc.strip():
+                    line = node.body[0].lineno if node.body else 0
+                    pieces.append((line, doc.strip()))
+    block: list[str] = []
+    start, last = 0, -2
+
+    def close() -> None:
+        text = "\n".join(block).strip()
+        if text and any(c.isalpha() for c in text):
+            pieces.append((start, text))
+        block.clear()
+
+    try:
+        for tok in tokenize.tokenize(io.BytesIO(source).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            text = tok.string.lstrip("#").strip()
+            line = tok.start[0]
+            if text.startswith("!") or "coding" in text and "-*-" in text or _looks_like_code(text):
+                continue
+            if line != last + 1:
+                close()
+                start = line
+            block.append(text)
+            last = line
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
+        pass
+    close()
+    return "\n\n".join(text for _, text in sorted(pieces, key=lambda p: p[0]))
+
+
+_CODE = ("import ", "from ", "def ", "class ", "return", "print(", "self.", "if ", "for ", "else:", "elif ")
+
+
+def _looks_like_code(comment: str) -> bool:
+    """A commented-out line of code rather than a sentence (a cheap test: it starts like a statement or ends in
+    a colon or bracket)."""
+    return comment.startswith(_CODE) or comment.endswith((":", ")", "]", "}", ",")) and " = " in comment
 
 
 def _emit(text: str, stats: ReadStats) -> Iterator[str]:

@@ -34,8 +34,9 @@ def perplexity(loss: float) -> float:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_bytes: np.ndarray,
              max_tokens: int = 0, batch_size: int = 16, device: torch.device | str = "cpu",
-             autocast=contextlib.nullcontext) -> dict:
-    """`token_bytes` (token_byte_lengths) counts the bytes only for data prepared without byte shards."""
+             autocast=contextlib.nullcontext, doc_sep: int | None = None) -> dict:
+    """`token_bytes` (token_byte_lengths) counts the bytes only for data prepared without byte shards; `doc_sep`
+    (the end-of-text id) keeps attention inside documents, as a model trained with data.doc_mask saw it."""
     was_training = model.training
     model.eval()
     nll_sum, n_tokens, n_bytes = 0.0, 0, 0
@@ -62,7 +63,7 @@ def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_byt
         nonlocal nll_sum, n_tokens
         x, y = torch.stack(xs).to(device), torch.stack(ys)
         with autocast():
-            logits = model(x)
+            logits = model(x) if doc_sep is None else model(x, doc_BT=(x == doc_sep).cumsum(dim=1))
         nll_sum += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
         n_tokens += int((y != IGNORE_INDEX).sum())  # examples data counts only its answers (data/loader.py)
         xs.clear()
@@ -90,4 +91,28 @@ def evaluate(model: torch.nn.Module, data: TokenData, block_size: int, token_byt
         "bits_per_byte": nll_sum / (max(n_bytes, 1) * math.log(2)),
         "eval_tokens": n_tokens,
         "eval_bytes": n_bytes,
+    }
+
+
+def evaluate_mixture(model: torch.nn.Module, vals: dict[str, TokenData], weights: dict[str, float], block_size: int,
+                     token_bytes: np.ndarray, max_tokens: int = 0, batch_size: int = 16,
+                     device: torch.device | str = "cpu", autocast=contextlib.nullcontext,
+                     doc_sep: int | None = None) -> dict:
+    """Each source's figures, as `evaluate` on that source alone with the same `max_tokens` (so a source's curve
+    compares across mixes), and the mixture's: the loss a token drawn at the mix's weights has in expectation,
+    sum_k w_k L_k, and bits per byte over the bytes such a token stands for, sum_k w_k L_k / (ln 2 sum_k w_k b_k),
+    b_k the bytes per token of source k. Returns the overall figures with `sources`: name -> figures."""
+    per = {name: evaluate(model, val, block_size, token_bytes, max_tokens, batch_size, device, autocast, doc_sep)
+           for name, val in vals.items()}
+    loss = sum(weights[n] * r["loss"] for n, r in per.items())
+    bytes_per_token = sum(weights[n] * r["eval_bytes"] / max(r["eval_tokens"], 1) for n, r in per.items())
+    return {
+        "split": next(iter(per.values()))["split"],
+        "loss": loss,
+        "ppl": perplexity(loss),
+        "bits_per_token": loss / math.log(2),
+        "bits_per_byte": loss / (max(bytes_per_token, 1e-12) * math.log(2)),
+        "eval_tokens": sum(r["eval_tokens"] for r in per.values()),
+        "eval_bytes": sum(r["eval_bytes"] for r in per.values()),
+        "sources": per,
     }

@@ -95,10 +95,10 @@ class Attention(nn.Module):
         q_BHTK, k_BJTK = qk_BGTK.split([H, J], dim=1)
         return q_BHTK, k_BJTK, v_BJTK
 
-    def forward(self, x_BTD, rope=None, cache: KVCache | None = None):
+    def forward(self, x_BTD, rope=None, cache: KVCache | None = None, mask_B1TT=None):
         B, T, _ = x_BTD.shape
         q_BHTK, k_BJTK, v_BJTK = self.qkv_heads(x_BTD, rope)
-        mask = None
+        mask = mask_B1TT  # None, or attention kept inside documents (GPT.forward)
         causal = self.cfg.attention == "causal"  # bidirectional: the masked-token objective (BERT)
         if cache is not None:
             k_BJTK, v_BJTK = cache.append(self.layer, k_BJTK, v_BJTK)
@@ -144,15 +144,15 @@ class Block(nn.Module):
         self.norm1, self.norm2 = _norm(cfg), _norm(cfg)
         self.attn, self.mlp = Attention(cfg, layer), MLP(cfg)
 
-    def forward(self, x_BTD, rope=None, cache=None):
+    def forward(self, x_BTD, rope=None, cache=None, mask_B1TT=None):
         if self.parallel:  # GPT-J / GPT-NeoX (Black et al. 2022, §2.1): both sublayers read the block's input
-            a_BTD = self.attn(self.norm1(x_BTD), rope, cache)
+            a_BTD = self.attn(self.norm1(x_BTD), rope, cache, mask_B1TT)
             return self.mlp(self.norm2(x_BTD)) + a_BTD + x_BTD  # transformers' order of the additions
         if self.pre:  # pre-LN (GPT-2): the residual stream is never normalized
-            x_BTD = x_BTD + self.attn(self.norm1(x_BTD), rope, cache)
+            x_BTD = x_BTD + self.attn(self.norm1(x_BTD), rope, cache, mask_B1TT)
             return x_BTD + self.mlp(self.norm2(x_BTD))
         # post-LN (Vaswani et al. 2017): normalize after each residual addition
-        x_BTD = self.norm1(x_BTD + self.attn(x_BTD, rope, cache))
+        x_BTD = self.norm1(x_BTD + self.attn(x_BTD, rope, cache, mask_B1TT))
         return self.norm2(x_BTD + self.mlp(x_BTD))
 
 
@@ -185,9 +185,12 @@ class GPT(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx_BT: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for every position; with a cache, positions continue from cache.pos."""
+    def forward(self, idx_BT: torch.Tensor, cache: KVCache | None = None, doc_BT: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Logits (B, T, V) for every position; with a cache, positions continue from cache.pos. `doc_BT`, each
+        position's document number, keeps attention inside documents (block-causal; positions are not reset)."""
         B, T = idx_BT.shape
+        assert doc_BT is None or cache is None, "document masks are for training and evaluation windows"
         start = cache.pos if cache is not None else 0
         assert start + T <= self.cfg.block_size, "the caller keeps the context within block_size"
         x_BTD = self.wte(idx_BT)
@@ -197,8 +200,11 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
         x_BTD = self.drop(x_BTD)
+        mask_B1TT = None
+        if doc_BT is not None:
+            mask_B1TT = (doc_BT[:, :, None] == doc_BT[:, None, :]).tril()[:, None]
         for block in self.blocks:
-            x_BTD = block(x_BTD, rope, cache)
+            x_BTD = block(x_BTD, rope, cache, mask_B1TT)
         if cache is not None:
             cache.pos += T
         return self.lm_head(self.norm_f(x_BTD))

@@ -46,8 +46,8 @@ class MetricsLog:
         scalars = {f"{kind}/{k}": v for k, v in row.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
         if kind == "eval":
-            scalars = {f"{fields['split']}/{k}": v for k, v in row.items()
-                       if isinstance(v, (int, float)) and k != "step"}
+            where = f"{fields['split']}/{fields['source']}" if "source" in fields else fields["split"]
+            scalars = {f"{where}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if kind == "task":  # task/NAME/acc, ...; a cloze task's acc_norm is null and left out
             scalars = {f"task/{fields['task']}/{k}": v for k, v in row.items()
                        if isinstance(v, (int, float)) and k not in ("step", "tokens", "n")}

@@ -11,13 +11,14 @@ import torch
 
 from nextoken import checkpoint as ckpt
 from nextoken.config import Config
+from nextoken.data import mixture
 from nextoken.data.loader import TokenData, make_sampler
 from nextoken.data.prefetch import DeviceBatches
 from nextoken.data.prepare import check_tokenizer, read_manifest
 from nextoken.data.tokenizer import load_tokenizer, token_byte_lengths
 from nextoken.device import Runtime, exact_kernels, make_runtime, run_threads
 from nextoken.errors import CheckpointError, ConfigError, NextokenError
-from nextoken.eval.evaluate import evaluate
+from nextoken.eval.evaluate import evaluate, evaluate_mixture
 from nextoken.eval.tasks import Task, contamination_warning, load_tasks, score_tasks
 from nextoken.hardware import mfu, peak_flops
 from nextoken.model import GPT, param_counts, training_flops_per_token
@@ -40,6 +41,7 @@ class TrainState:
     elapsed_s: float = 0.0
     compiled: bool | None = None  # what `--train.compile auto` chose (a resumed run keeps it)
     threads: int | None = None  # CPU threads it computes with: they set the order of fp32 sums (a resume keeps it)
+    tokens_by_source: dict[str, int] | None = None  # a mix's training tokens per source (replaced, never mutated)
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> dict:
@@ -66,13 +68,20 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     if t.objective == "mlm" and m.vocab_size <= manifest["vocab_size"]:
         raise ConfigError(f"train.objective mlm needs an id for [MASK] above the data's vocabulary: set "
                           f"--model.vocab_size {manifest['vocab_size'] + 1}")
-    sampler = make_sampler(TokenData(data_dir, "train"), m.block_size, t.seed)  # windows, or whole examples
+    sources = mixture.resolve(cfg.data.mix, cfg.data.tokenizer, cfg.data.vocab_size) if cfg.data.mix else None
+    if sources:  # each source's rows by (seed, source, step), their number by (seed, step): data/mixture.py
+        sampler = mixture.MixtureSampler(sources, m.block_size, t.seed, cfg.data.packing)
+        vals = {s.name: TokenData(s.path, "val") for s in sources}
+    else:  # windows, packed documents, or whole examples
+        sampler = make_sampler(TokenData(data_dir, "train"), m.block_size, t.seed, cfg.data.packing)
+        vals = {"": TokenData(data_dir, "val")}
     batches = DeviceBatches(sampler, t.batch_size * t.grad_accum,  # this rank's slice of each global batch
                             distributed.rank_slices(t.batch_size, t.grad_accum, d), rt.device)
-    val = TokenData(data_dir, "val")
-    val.check_context(m.block_size)
+    for val in vals.values():
+        val.check_context(m.block_size)
     tokenizer = load_tokenizer(data_dir / "tokenizer.json")
     token_bytes = token_byte_lengths(tokenizer)
+    doc_sep = manifest["eot_id"] if cfg.data.doc_mask else None  # attention kept inside documents
     task_specs = [s.strip() for s in t.eval_tasks.split(",") if s.strip()]
     tasks = load_tasks(task_specs)  # a bad task file stops the run before it trains
 
@@ -92,6 +101,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     if rt.device.type == "cpu":  # chosen once per run from the free cores, unless set
         state.threads = run_threads(t.threads, state.threads, d.enabled)
         torch.set_num_threads(state.threads)
+    if sources and state.tokens_by_source is None:
+        state.tokens_by_source = dict.fromkeys((s.name for s in sources), 0)
+    repeated = _over_repeat(sources, t, m.block_size, cfg.data) if sources and not resume else None  # may refuse
     if d.is_main:  # only rank 0 writes the run directory, logs and metrics
         create_run_dir(run_dir, cfg, data_dir, resume)  # after the resume checks: a refused resume touches nothing
     d.barrier()
@@ -104,10 +116,13 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     display = Display(t.max_steps, state.step, cfg.log.progress, enabled=not quiet and d.is_main)
     if warning := contamination_warning(task_specs, data_dir):
         display.message(warning)
+    if repeated:
+        report("repeat", 0, repeated, f"note: this run sees {_times(repeated['epochs'])}, over data.max_repeat "
+               f"{cfg.data.max_repeat:g} (--data.on_repeat refuse stops such a run)")
     n_seqs = batches.slices[0][1]
     step_fn, choice = choose_compile(
         model, loss_fn(step_model, rt.autocast, t.z_loss, t.label_smoothing, t.objective, t.mask_rate,
-                       t.sampling_prob), setting=t.compile, device=rt.device, precision=rt.precision,
+                       t.sampling_prob, doc_sep), setting=t.compile, device=rt.device, precision=rt.precision,
         threads=torch.get_num_threads(), dist=d, parallel=t.parallel, model_hash=cfg.model_hash(),
         vocab_size=m.vocab_size, micro=(n_seqs, m.block_size), micro_steps=len(batches),
         steps_left=t.max_steps - state.step, resumed=state.compiled)
@@ -120,7 +135,15 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     flops_tok, peak = training_flops_per_token(m), peak_flops(rt.device, rt.dtype)  # MFU's numerator and its device
 
     def run_eval() -> dict:
-        res = evaluate(model, val, m.block_size, token_bytes, t.eval_tokens, t.batch_size, rt.device, rt.autocast)
+        if sources:  # each source's line, then the mixture's (the one without "source")
+            res = evaluate_mixture(model, vals, {s.name: s.weight for s in sources}, m.block_size, token_bytes,
+                                   t.eval_tokens, t.batch_size, rt.device, rt.autocast, doc_sep)
+            for name, r in res["sources"].items():
+                log.write("eval", step=state.step, tokens=state.tokens, split="val", source=name, loss=r["loss"],
+                          ppl=r["ppl"], bits_per_token=r["bits_per_token"], bits_per_byte=r["bits_per_byte"])
+        else:
+            res = evaluate(model, vals[""], m.block_size, token_bytes, t.eval_tokens, t.batch_size, rt.device,
+                           rt.autocast, doc_sep)
         log.write("eval", step=state.step, tokens=state.tokens, split="val", loss=res["loss"], ppl=res["ppl"],
                   bits_per_token=res["bits_per_token"], bits_per_byte=res["bits_per_byte"])
         display.message(f"step {state.step}: val loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  "
@@ -170,6 +193,10 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
                 state = _rollback(guard, state, step, run_dir, model, optimizer)
                 last_ckpt, t_start, tokens_last = save(), time.perf_counter(), state.tokens
                 continue
+            if sources:
+                rows = sampler.counts(state.data_step, t.batch_size * t.grad_accum)
+                state.tokens_by_source = {s.name: state.tokens_by_source[s.name] + int(r) * m.block_size
+                                          for s, r in zip(sources, rows, strict=True)}
             state.step, state.data_step = step + 1, state.data_step + 1
             state.tokens += tokens_per_step
 
@@ -180,8 +207,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
                 tps = (state.tokens - tokens_last) / max(now - t_start, 1e-9)
                 t_start, tokens_last = now, state.tokens
                 util = mfu(tps, flops_tok, peak, d.world)  # tps is the whole job's: over every device's peak
+                mix = {"tokens_by_source": state.tokens_by_source} if sources else {}
                 log.write("train", step=state.step, tokens=state.tokens, loss=loss, lr=lr, grad_norm=grad_norm,
-                          tokens_per_s=tps, mfu=util, elapsed_s=state.elapsed_s)
+                          tokens_per_s=tps, mfu=util, elapsed_s=state.elapsed_s, **mix)
                 display.update(state.step, loss, tps, util)
 
             # ---- checkpoint, then eval: nothing trained is lost whatever the eval does (their time is left out
@@ -258,7 +286,7 @@ def _rollback(guard: Guard, state: TrainState, step: int, run_dir: Path, model, 
     trainer = guard.rollback(step, state.data_step, run_dir, model, optimizer)
     ckpt.drop_after(run_dir / "checkpoints", trainer["step"])
     return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], state.elapsed_s, state.compiled,
-                      state.threads)
+                      state.threads, trainer.get("tokens_by_source"))
 
 
 def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard) -> TrainState:
@@ -278,7 +306,7 @@ def _resume(run_dir: Path, cfg: Config, model, optimizer, guard: Guard) -> Train
     ckpt.restore(path, model, optimizer, rng=True)  # either format, any world size
     guard.load_state_dict(trainer.get("stability", {}))
     return TrainState(trainer["step"], trainer["tokens"], trainer["data_step"], trainer.get("elapsed_s", 0.0),
-                      trainer.get("compiled"), trainer.get("threads"))
+                      trainer.get("compiled"), trainer.get("threads"), trainer.get("tokens_by_source"))
 
 
 def _threads_note(threads: int | None, setting: int) -> str:
@@ -286,3 +314,20 @@ def _threads_note(threads: int | None, setting: int) -> str:
         return ""
     how = "" if setting else " (from the free cores; --train.threads sets it)"
     return f", {threads} thread{'s' * (threads > 1)}{how}"
+
+
+def _over_repeat(sources: list[mixture.MixSource], t, block_size: int, data_cfg) -> dict | None:
+    """The sources of a mix this run would train on more than data.max_repeat times (epochs), or None; raises
+    ConfigError instead with data.on_repeat refuse."""
+    if not data_cfg.max_repeat:
+        return None
+    epochs = mixture.repeats(sources, t.max_steps * t.batch_size * t.grad_accum, block_size)
+    over = {name: round(e, 3) for name, e in epochs.items() if e > data_cfg.max_repeat}
+    if over and data_cfg.on_repeat == "refuse":
+        raise ConfigError(f"this run would see {_times(over)}, over data.max_repeat {data_cfg.max_repeat:g}; lower "
+                          "its weight or train.max_steps, or raise --data.max_repeat")
+    return {"epochs": over, "max_repeat": data_cfg.max_repeat} if over else None
+
+
+def _times(epochs: dict[str, float]) -> str:
+    return ", ".join(f"{name} {e:.1f} times" for name, e in epochs.items())

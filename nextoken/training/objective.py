@@ -33,14 +33,15 @@ def next_token_loss(logits_BTV: torch.Tensor, targets_BT: torch.Tensor, z_loss: 
 
 
 def loss_fn(model, autocast, z_loss: float = 0.0, label_smoothing: float = 0.0, objective: str = "next",
-            mask_rate: float = 0.15, sampling_prob: float = 0.25):
+            mask_rate: float = 0.15, sampling_prob: float = 0.25, doc_sep: int | None = None):
     """The unit the training step runs and `torch.compile` compiles: (inputs, targets) -> (objective, plain
     cross-entropy). The loss goes inside with the model: compiled apart from it, the (tokens x vocab)
     logits are written out in bf16, cast to fp32 and read back by an eager loss several times; compiled
     together, inductor fuses the loss into a few passes (gpt2-124m on an H100: 55.8 -> 38.8 ms a step,
     docs/LOG.md). `model` may be a DDP- or FSDP2-wrapped module. `objective` other than "next" changes what
     goes in and what is predicted (masked_tokens, scheduled_sampling_inputs); the second figure is then the
-    plain cross-entropy of what that objective predicts."""
+    plain cross-entropy of what that objective predicts. `doc_sep` (the end-of-text id) keeps attention inside
+    documents (`data.doc_mask`)."""
     if objective == "mlm":
         def mlm_step(x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             inputs_BT, targets_BT = masked_tokens(x_BT, _vocab_size(model), mask_rate)
@@ -61,10 +62,15 @@ def loss_fn(model, autocast, z_loss: float = 0.0, label_smoothing: float = 0.0, 
 
     def step(x_BT: torch.Tensor, y_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast():
-            logits_BTV = model(x_BT)
+            logits_BTV = model(x_BT) if doc_sep is None else model(x_BT, doc_BT=documents(x_BT, doc_sep))
         return next_token_loss(logits_BTV, y_BT, z_loss, label_smoothing)
 
     return step
+
+
+def documents(x_BT: torch.Tensor, sep: int) -> torch.Tensor:
+    """Each position's document number within its row: a separator starts the next document (it is its BOS)."""
+    return (x_BT == sep).cumsum(dim=1)
 
 
 def _vocab_size(model) -> int:
