@@ -100,7 +100,8 @@ def train(config: Config | None = None, out: str | Path | None = None, *, resume
             cfg.data.path = str(mixture.resolve(cfg.data.mix, cfg.data.tokenizer, cfg.data.vocab_size, log)[0].path)
             cfg.data.mix = mixture.absolute(cfg.data.mix)
         elif not cfg.data.path or is_builtin(cfg.data.path):
-            cfg.data.path = str(builtin_data(cfg.data.path or "stdlib", cfg.data.tokenizer, cfg.data.vocab_size, log=log))
+            cfg.data.path = str(builtin_data(cfg.data.path or "stdlib", cfg.data.tokenizer, cfg.data.vocab_size,
+                                             log=log))
     cfg.data.path = str(Path(cfg.data.path).resolve())
     if dist.enabled and not out:
         raise ConfigError("a multi-process run needs --out RUN, the one directory all its processes share")

@@ -28,7 +28,7 @@ class DataConfig:
     path: str = _f("", "prepared data directory or a built-in corpus, stdlib or stdlib-prose (empty: stdlib, prepared "
                    "once and cached); with data.mix, the mix's first source")
     mix: str = _f("", "a data mix NAME=WEIGHT,... (`--data stdlib=0.8,stdlib-prose=0.2`): prepared directories or "
-                  "built-in corpora with one tokenizer, weights normalized; per-source eval lines (README, Mixing data)")
+                  "built-in corpora with one tokenizer, weights normalized (README, Mixing data)")
     max_repeat: float = _f(4.0, "most epochs any source of a mix may be trained for (Muennighoff et al. 2023: up to "
                            "about 4 are worth almost as much as fresh data); 0: no cap")
     on_repeat: str = _f("report", "a mix source over data.max_repeat: report it (an event line) or refuse the run",

@@ -246,7 +246,8 @@ def last_per_step(rows: list[dict], kind: str, source: str | None = None) -> lis
 
 def sources_of(rows: list[dict]) -> list[str]:
     """The sources of a mixed run's per-source eval lines, in the order first written."""
-    return list(dict.fromkeys(r["source"] for r in rows if r.get("kind") == "eval" and isinstance(r.get("source"), str)))
+    return list(dict.fromkeys(r["source"] for r in rows
+                              if r.get("kind") == "eval" and isinstance(r.get("source"), str)))
 
 
 def final_eval(rows: list[dict], max_steps: int) -> dict | None:
