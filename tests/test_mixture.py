@@ -268,3 +268,21 @@ def test_builtin_names_mix_with_one_tokenizer(tmp_path):
     assert [s.name for s in sources] == ["stdlib", "stdlib-prose"]
     manifest = json.loads((sources[1].path / "manifest.json").read_text())
     assert manifest["sources"] == ["stdlib-prose"] and manifest["documents"] > 500
+
+
+# ---- readers: the overall line stays the run's figure; the web app draws one curve per source ----
+
+
+def test_readers_keep_the_overall_eval_and_curves_add_one_per_source():
+    from nextoken.run import final_eval
+    from nextoken.serve.runs import curves
+
+    rows = [{"kind": "train", "step": 2, "tokens": 64, "loss": 3.0, "elapsed_s": 1.0,
+             "tokens_by_source": {"a": 48, "b": 16}}]
+    for source, loss in (("a", 2.0), ("b", 4.0), (None, 2.5)):
+        rows.append({"kind": "eval", "step": 2, "tokens": 64, "split": "val", "loss": loss, "bits_per_byte": loss,
+                     **({"source": source} if source else {})})
+    assert final_eval(rows, 2)["loss"] == 2.5 and last_per_step(rows, "eval")[0]["loss"] == 2.5
+    series = curves(rows, "tokens")["series"]
+    assert series["val_loss"]["y"] == [2.5]
+    assert series["val_loss:a"] == {"x": [64.0], "y": [2.0], "n": 1} and series["val_bpb:b"]["y"] == [4.0]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nextoken.errors import NextokenError
-from nextoken.run import Run, final_eval, holds_run, last_per_step
+from nextoken.run import Run, final_eval, holds_run, last_per_step, sources_of
 
 # Without a writer lock, a run whose metrics.jsonl changed this recently counts as running (a train line is
 # written every log_every steps; an eval of a large split can take a minute on a CPU).
@@ -334,6 +334,7 @@ def curves(rows: list[dict], x_axis: str = "step", buckets: int = 1000) -> dict:
         raise NextokenError(f"buckets must be between 10 and 20000; got {buckets}")
     train = last_per_step(rows, "train")
     evals = [r for r in last_per_step(rows, "eval") if r.get("split", "val") == "val"]
+
     def column(src: list[dict], key: str) -> np.ndarray:  # None (and anything not a number) becomes NaN
         try:
             return np.array([r.get(key) for r in src], dtype=float)
@@ -365,6 +366,10 @@ def curves(rows: list[dict], x_axis: str = "step", buckets: int = 1000) -> dict:
         x = to_x(column(lines, "step"))
         for key, short in (("acc", "acc"), ("acc_norm", "acc_norm"), ("bits_per_byte", "bpb")):
             add(f"task/{task}/{short}", x, column(lines, key))
+    for source in sources_of(rows):  # a mixed run: val_loss:NAME and val_bpb:NAME per source of its mix
+        per = [r for r in last_per_step(rows, "eval", source) if r.get("split", "val") == "val"]
+        for name, key in (("val_loss", "loss"), ("val_bpb", "bits_per_byte")):
+            add(f"{name}:{source}", to_x(column(per, "step")), column(per, key))
     lines = [r for r in rows if r.get("kind") == "event" and isinstance(r.get("step"), int)
              and r.get("type") != "hardware"]
     xs = to_x(np.array([r["step"] for r in lines], dtype=float)).tolist()

@@ -211,6 +211,17 @@ function drawCurves(box, data, xAxis, logY) {
       NT.chart(div, { title, series, events: incidents, xLabel: X_LABEL[xAxis] });
     }
   }
+  // a mixed run: one curve per source of its mix (val_loss:NAME), beside the mixture's own val loss
+  for (const [title, base] of [["val loss per source", "val_loss"], ["val bits per byte per source", "val_bpb"]]) {
+    const names = Object.keys(data.series).filter(n => n.startsWith(base + ":"));
+    if (!names.length) continue;
+    const series = [base, ...names].filter(n => data.series[n]).map((n, i) => ({
+      name: n === base ? "mix" : n.slice(base.length + 1), x: data.series[n].x, y: data.series[n].y,
+      color: NT.COLORS[i % NT.COLORS.length], dots: true }));
+    const div = h("div", { class: "card", "data-chart": base + "_by_source" });
+    box.append(div);
+    NT.chart(div, { title, series, events: incidents, logY: logY && base === "val_loss", xLabel: X_LABEL[xAxis] });
+  }
 }
 
 function taskNames(...curves) {
@@ -495,14 +506,17 @@ async function pageCompare() {
     if (!ids.length) { charts.append(h("p", { class: "muted" }, "Pick runs to overlay.")); return; }
     const curves = await Promise.all(ids.map(id => api(`/api/curves?run=${encodeURIComponent(id)}&x=${xAxis}`)));
     const tasks = taskNames(...curves).map(t => [`task ${t}: accuracy`, `task/${t}/acc`]);
-    for (const [title, name] of [...COMPARE_CURVES, ...tasks]) {
+    // runs with different mixes: each source's val loss overlaid, for every source any of the runs trains on
+    const bySource = [...new Set(curves.flatMap(c => Object.keys(c.series).filter(n => n.startsWith("val_loss:"))))];
+    const sources = bySource.map(n => ["val loss on " + n.slice(9), n]);
+    for (const [title, name] of [...COMPARE_CURVES, ...tasks, ...sources]) {
       const series = [];
       curves.forEach((c, i) => { if (c.series[name]) series.push({ name: ids[i], x: c.series[name].x, y: c.series[name].y,
         color: NT.COLORS[i % NT.COLORS.length], dots: name.startsWith("val") || name.startsWith("task/") }); });
       if (!series.length) continue;
       const div = h("div", { class: "card", "data-chart": name });
       charts.append(div);
-      NT.chart(div, { title, series, logY: logY && name !== "val_bpb" && !name.startsWith("task/"), xLabel: X_LABEL[xAxis] });
+      NT.chart(div, { title, series, logY: logY && !name.startsWith("val_bpb") && !name.startsWith("task/"), xLabel: X_LABEL[xAxis] });
     }
     const cmp = await api("/api/compare?" + ids.map(id => "run=" + encodeURIComponent(id)).join("&"));
     const t = h("table", { class: "mono diff" }, h("tr", {}, h("th", {}, "field"), ids.map(id => h("th", {}, id))));
