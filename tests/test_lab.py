@@ -120,10 +120,10 @@ def test_model_hash_of_the_default_config_is_what_it_was():
 # ---- the experiments at the smoke budget ----
 
 
-def test_lab_lists_ten_experiments(capsys):
+def test_lab_lists_its_experiments(capsys):
     assert main(["lab", "list", "--json"]) == 0
     names = [e["name"] for e in json.loads(capsys.readouterr().out)["experiments"]]
-    assert names == available() and len(names) == 10
+    assert names == available() and len(names) == 11
 
 
 def test_modular_examples_train_and_evaluate_on_the_answer_only(tmp_path):
@@ -150,7 +150,8 @@ def test_modular_examples_train_and_evaluate_on_the_answer_only(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["perplexity-bounds", "label-smoothing", "weight-tying", "z-loss", "spike",
-                                  "warmup", "chinchilla", "grokking", "mlm", "teacher-forcing"])
+                                  "warmup", "chinchilla", "grokking", "mlm", "teacher-forcing",
+                                  "mixture"])
 def test_experiment_at_smoke_writes_its_report(name, tmp_path):
     out = tmp_path / name
     figures = run(name, "smoke", out, log=lambda m: None)
@@ -164,6 +165,10 @@ def test_experiment_at_smoke_writes_its_report(name, tmp_path):
         assert len({r["val_loss"] for r in figures["temperatures"]} | {figures["trained_loss"]}) == 1
         temps = [r["tempered_ce"] for r in figures["temperatures"]]
         assert temps[1] == pytest.approx(figures["trained_loss"], rel=1e-5) and temps[0] != temps[2]
+    if name == "mixture":  # each run trained its sources at their shares, and evaluated each of them
+        for v in figures["variants"].values():
+            assert set(v["val_loss"]) == {"code", "prose"}
+            assert v["tokens_by_source"]["prose"] / v["tokens"] == pytest.approx(v["shares"]["prose"], abs=0.05)
 
 
 def test_rerun_reuses_finished_runs_and_report_rewrites(tmp_path, capsys):

@@ -28,6 +28,26 @@ def python_like(folder: str | Path, n_docs: int = 60, seed: int = 0) -> Path:
     return folder
 
 
+def english_like(folder: str | Path, n_docs: int = 60, seed: int = 0) -> Path:
+    """Short English-like paragraphs from a small grammar ("The cat sat on the mat."): the second domain of the
+    lab's `mixture` experiment at the smoke budget, beside python_like."""
+    rng = random.Random(seed)
+    nouns = ["cat", "dog", "bird", "child", "teacher", "farmer", "river", "garden", "house", "mat"]
+    verbs = ["sat on", "looked at", "walked to", "slept near", "ran past", "painted", "found", "left"]
+    adjectives = ["old", "small", "quiet", "green", "happy", "cold", "bright", "tired"]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in range(n_docs):
+        sentences = []
+        for _ in range(rng.randint(4, 12)):
+            a, b = rng.sample(nouns, 2)
+            adj = rng.choice(adjectives)
+            sentences.append(rng.choice([f"The {a} {rng.choice(verbs)} the {b}.", f"The {adj} {a} was {adj}.",
+                                         f"A {a} and a {b} {rng.choice(verbs)} the {adj} {rng.choice(nouns)}."]))
+        (folder / f"doc_{d:03d}.txt").write_text(" ".join(sentences) + "\n")
+    return folder
+
+
 def periodic(folder: str | Path, period: int = 16, n_docs: int = 40, doc_chars: int = 2000, seed: int = 0) -> Path:
     """Documents that repeat one string of `period` distinct letters, each from a random phase: every character
     determines the next, so a model can reach perplexity 1 on it."""

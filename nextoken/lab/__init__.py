@@ -21,6 +21,7 @@ EXPERIMENTS = {
     "mlm": "mlm",
     "spike": "spike",
     "chinchilla": "chinchilla",
+    "mixture": "mixture",
 }
 
 
