@@ -7,7 +7,7 @@ text: 31.5 MB against 14.4 MB on CPython 3.11), for experiments that need more u
 `stdlib-prose` is the English of the same files: per module one document of its docstrings (read with `ast`)
 and comment blocks (read with `tokenize`), in source order, plus one document per topic of `pydoc_data`
 (the language reference pages `help()` shows). Deterministic for a given interpreter; its size and a sample
-are in docs/data.md.
+are in docs/corpora.md.
 
 A source yields documents (str). Reading is streaming: one file, one JSON line or one parquet
 record batch at a time, so memory never depends on the corpus size.
