@@ -96,6 +96,23 @@ def test_bad_weight_strings_and_mismatched_tokenizers_are_one_line(bytes_data, b
     assert "\n" not in msg and "bpe" in msg and "bytes" in msg and "different tokenizers" in msg
 
 
+def test_the_mix_in_a_toml_config_and_on_the_command_line(tmp_path, capsys):
+    from nextoken.api import resolve_train_config
+    from nextoken.config import build_config
+
+    toml = tmp_path / "mix.toml"
+    toml.write_text('[data]\nmix = "stdlib=0.8,stdlib-prose=0.2"\nmax_repeat = 2.0\n')
+    cfg = build_config("tiny", str(toml))
+    assert cfg.data.mix == "stdlib=0.8,stdlib-prose=0.2" and cfg.data.max_repeat == 2.0
+    assert resolve_train_config(data="a=1,b=3").data.mix == "a=1,b=3"
+    assert resolve_train_config(file=str(toml), data="some/dir").data.mix == ""  # --data DIR replaces the mix
+    toml.write_text('[data]\nmix = "stdlib=0.8,stdlib-prose"\n')
+    with pytest.raises(ConfigError, match="NAME=WEIGHT"):
+        build_config("tiny", str(toml))
+    assert main(["train", "--data", "stdlib=0.8,stdlib-prose=0.2", "--dry-run"]) == 0
+    assert 'mix = "stdlib=0.8,stdlib-prose=0.2"' in capsys.readouterr().out
+
+
 # ---- training on a mix ----
 
 
