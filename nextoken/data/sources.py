@@ -6,8 +6,10 @@ text: 31.5 MB against 14.4 MB on CPython 3.11), for experiments that need more u
 
 `stdlib-prose` is the English of the same files: per module one document of its docstrings (read with `ast`)
 and comment blocks (read with `tokenize`), in source order, plus one document per topic of `pydoc_data`
-(the language reference pages `help()` shows). Deterministic for a given interpreter; its size and a sample
-are in docs/corpora.md.
+(the language reference pages `help()` shows). Its i-th document is the prose of `stdlib`'s i-th (a module with
+none gives the line "The module NAME."), so both corpora put the same modules in val: a mix of the two never
+trains on the code whose docstrings it validates on. Deterministic for a given interpreter; its size and a
+sample are in docs/corpora.md.
 
 A source yields documents (str). Reading is streaming: one file, one JSON line or one parquet
 record batch at a time, so memory never depends on the corpus size.
@@ -196,8 +198,14 @@ def iter_documents(sources: list[Source], stats: ReadStats, text_field: str = "t
                     stats.skipped_not_utf8.append(str(src.path))
                 else:
                     yield from _emit(text, stats)
-        elif src.kind == "prose":
-            yield from _emit(module_prose(src.path.read_bytes()), stats)
+        elif src.kind == "prose":  # one document per document of `stdlib`, so that the two split alike
+            raw = src.path.read_bytes()
+            try:
+                code = "" if _looks_binary(raw) else raw.decode("utf-8")
+            except UnicodeDecodeError:
+                code = ""
+            if code.strip():
+                yield from _emit(module_prose(raw) or f"The module {_module_name(src.path)}.", stats)
         elif src.kind == "topics":
             from pydoc_data.topics import topics
 
@@ -254,6 +262,11 @@ def module_prose(source: bytes) -> str:
         pass
     close()
     return "\n\n".join(text for _, text in sorted(pieces, key=lambda p: p[0]))
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(sysconfig.get_paths()["stdlib"]).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
 
 
 _CODE = ("import ", "from ", "def ", "class ", "return", "print(", "self.", "if ", "for ", "else:", "elif ")
