@@ -48,6 +48,10 @@ def server(tmp_path_factory, bytes_data):
     train(tiny_config(bytes_data, train__max_steps=40, stability__inject="lr@25x100", train__eval_tasks=str(task)),
           root / "tiny", quiet=True)
     train(tiny_config(bytes_data, train__max_steps=40, train__label_smoothing=0.3), root / "smoothed", quiet=True)
+    other = shutil.copytree(bytes_data, root.parent / "other")  # a second source, of the same tokenizer
+    mixed = tiny_config(bytes_data, train__max_steps=20)
+    mixed.data.mix = f"{bytes_data}=0.7,{other}=0.3"
+    train(mixed, root / "mixed", quiet=True)
     srv, sock, url = make_server([root], "127.0.0.1", 0)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -229,6 +233,13 @@ def test_surprise_sample_and_compare_pages(server, shots):
             expect(page.locator("#diff")).to_contain_text("train.label_smoothing")
             assert page.locator('[data-chart="task/pick/acc"] path.series').count() == 1  # only runs/tiny scored it
             page.screenshot(path=str(shots / "serve-compare.png"), full_page=True)
+
+            # a mixed run: its page draws a val curve per source; Compare overlays a source across runs
+            page.goto(server + "/run?run=runs%2Fmixed")
+            by_source = page.locator('[data-chart="val_loss_by_source"] path.series')
+            by_source.nth(2).wait_for()  # the mix's, then one per source
+            page.goto(server + "/compare?run=runs%2Fmixed&run=runs%2Ftiny")
+            page.locator('[data-chart="val_loss:other"] path.series').first.wait_for()
             assert not errors, errors
         finally:
             browser.close()
