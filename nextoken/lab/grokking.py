@@ -28,7 +28,8 @@ class Grokking(Experiment):
     name = "grokking"
     claim = ("on a small algorithmic task a network first memorizes its training set, then, long after train "
              "accuracy reached 100%, suddenly generalizes; weight decay drives it")
-    source = "Power et al. 2022; Nanda et al. 2023; the seed lesson §12.8"
+    source = ("Power et al. 2022 (Grokking: generalization beyond overfitting on small algorithmic datasets); "
+              "Nanda et al. 2023 (Progress measures for grokking via mechanistic interpretability)")
     cost = {"smoke": "about 3 s", "small": "1-9 min on the shared 2-core CPU (2 runs of 1000 full-batch steps)",
             "full": "2 GPU runs (p = 113)"}
 

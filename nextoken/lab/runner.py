@@ -71,13 +71,17 @@ def run(name: str, budget: str = "small", out: str | Path | None = None, log: Ca
         for i, (vname, cfg) in enumerate(variants.items(), 1):
             runs[vname] = train_variant(cfg, out / "runs" / vname, log, f"[{i}/{len(variants)}] {name}/{vname}:")
         figures = exp.measure(ctx, runs)  # chinchilla trains its sweep here
-    except Interrupted as e:  # the loop's own hint names `nextoken train --resume`; the lab resumes its runs itself
-        raise Interrupted(f"{str(e).split('; continue with')[0]}; continue with the same command: nextoken lab run "
-                          f"{name} --budget {budget} --out {out}") from None
+    except (Interrupted, KeyboardInterrupt) as e:  # the loop's hint names `nextoken train --resume`: the lab resumes
+        why = str(e).split("; continue with")[0] or "interrupted"  # its runs itself
+        raise Interrupted(f"{why}; continue with the same command: {rerun_command(name, budget, out)}") from None
     figures = {"experiment": name, "budget": budget, "claim": exp.claim, "source": exp.source,
                "runs": {k: os.path.relpath(r.path, out) for k, r in runs.items()}, **figures}
     (out / "figures.json").write_text(nonfinite.dumps(figures, indent=1))
     return write_report(out, exp, figures)
+
+
+def rerun_command(name: str, budget: str, out: Path) -> str:
+    return f"nextoken lab run {name} --budget {budget} --out {out}"
 
 
 def read_figures(out: str | Path) -> dict:
