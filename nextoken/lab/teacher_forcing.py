@@ -39,7 +39,7 @@ class TeacherForcing(Experiment):
              "free-running, what the model generates drifts further from the data the longer it runs")
     source = ("Williams & Zipser 1989 (teacher forcing); Bengio et al. 2015 (scheduled sampling); Ranzato et al. "
               "2016 (exposure bias); He et al. 2021 (Quantifying exposure bias for open-ended language generation)")
-    cost = {"smoke": "about 10 s", "small": "about 4 min on a quiet 2-core CPU (6 runs of 400 steps and a reference "
+    cost = {"smoke": "about 10 s", "small": "about 3 min on a quiet 2-core CPU (6 runs of 400 steps and a reference "
             "of 800; an estimate from 26k tokens/s on one core, to be measured quietly)", "full": "7 GPU runs"}
 
     def variants(self, ctx: Context):

@@ -28,6 +28,9 @@ from nextoken.lab.base import (
 )
 
 ARMS = {"z0": {"train.z_loss": 0.0}, "z1e-4": {"train.z_loss": 1e-4}}  # none, and PaLM's coefficient
+# Hook: q/k-norm, Wortsman et al. 2023 §3.1's remedy for the other instability (attention logit growth), joins
+# this sweep as a third arm {"model.qk_norm": True} once ModelConfig has that field; its verdict then compares
+# each remedy's LR sensitivity with z0's, as this one does for z-loss.
 
 
 class ZLoss(Experiment):
