@@ -220,7 +220,7 @@ def rule_text(k: float = K_SE) -> str:
 
 
 def lr_sensitivity(losses: list[float], initial: float) -> float:
-    """Wortsman et al. 2023 §2's LR sensitivity of one loss-against-LR curve: the mean over the swept learning
+    """Wortsman et al. 2023's LR sensitivity of one loss-against-LR curve: the mean over the swept learning
     rates of min(loss, loss at initialization) minus the best loss of the curve (a diverged run counts as the
     loss at initialization)."""
     capped = [min(x, initial) if math.isfinite(x) else initial for x in losses]

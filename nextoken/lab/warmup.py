@@ -39,7 +39,7 @@ class Warmup(Experiment):
              "large at initialization, and without warmup only small learning rates train; pre-LN trains "
              "without it")
     source = ("Xiong et al. 2020 (On Layer Normalization in the Transformer Architecture) §3; Liu et al. 2020 "
-              "(Understanding the Difficulty of Training Transformers); Wortsman et al. 2023 §3.4 for the LR sweep")
+              "(Understanding the Difficulty of Training Transformers); Wortsman et al. 2023 for the LR sweep")
     cost = {"smoke": "about 20 s", "small": "about 5-6 min on a quiet 2-core CPU (36 runs of 200 steps; an "
             "estimate from 26k tokens/s on one core, to be measured quietly)", "full": "60 GPU runs"}
 
@@ -75,7 +75,7 @@ class Warmup(Experiment):
         blocks = {n: [v for k, v in g[n].items() if k.startswith("block")] for n in g}
         return (f"{f['n_layer']} blocks with model.norm post and pre, {f['steps']} steps, with "
                 f"{f['warmup_steps']} steps of linear warmup or none, at peak learning rates "
-                f"{', '.join(f'{x:g}' for x in f['lrs'])}. LR sensitivity (Wortsman et al. 2023 §2): the mean over "
+                f"{', '.join(f'{x:g}' for x in f['lrs'])}. LR sensitivity (Wortsman et al. 2023): the mean over "
                 "the swept LRs of min(final loss, loss at init) minus the best of them; an LR 'trains' when its "
                 f"final loss is within {f['within']:g} nats of the best any arm reached at that seed. Gradient norm "
                 f"at init, first / last block: post-LN {blocks['post'][0]:.3g} / {blocks['post'][-1]:.3g}, pre-LN "

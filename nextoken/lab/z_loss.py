@@ -28,7 +28,7 @@ from nextoken.lab.base import (
 )
 
 ARMS = {"z0": {"train.z_loss": 0.0}, "z1e-4": {"train.z_loss": 1e-4}}  # none, and PaLM's coefficient
-# Hook: q/k-norm, Wortsman et al. 2023 §3.1's remedy for the other instability (attention logit growth), joins
+# Hook: q/k-norm, Wortsman et al. 2023's remedy for the other instability (attention logit growth), joins
 # this sweep as a third arm {"model.qk_norm": True} once ModelConfig has that field; its verdict then compares
 # each remedy's LR sensitivity with z0's, as this one does for z-loss.
 
@@ -39,7 +39,7 @@ class ZLoss(Experiment):
              "drifting and so widens the range of learning rates that train: the final loss is less sensitive "
              "to the learning rate")
     source = ("Chowdhery et al. 2022 (PaLM) §5; Wortsman et al. 2023 (Small-scale proxies for large-scale "
-              "Transformer training instabilities) §3.2, output logit divergence")
+              "Transformer training instabilities), on output logit divergence")
     cost = {"smoke": "about 15 s", "small": "about 3 min on a quiet 2-core CPU (18 runs of 200 steps; an estimate "
             "from 26k tokens/s on one core, to be measured quietly)", "full": "30 GPU runs"}
 
@@ -66,7 +66,7 @@ class ZLoss(Experiment):
     def setup(self, f: dict) -> str:
         return (f"the same model and seeds with train.z_loss 0 and 1e-4 (PaLM's), at peak learning rates "
                 f"{', '.join(f'{x:g}' for x in f['lrs'])}, weight decay 0 (Wortsman et al. 2023 saw the output "
-                "logits diverge without it). LR sensitivity (Wortsman et al. §2): the mean over the swept LRs of "
+                "logits diverge without it). LR sensitivity (Wortsman et al. 2023): the mean over the swept LRs of "
                 "min(final loss, loss at init) minus the best of them; an LR 'trains' when its final loss is within "
                 f"{f['within']:g} nats of the best any arm reached at that seed. Mean log Z over val positions of "
                 f"each final model; at init log Z ≈ log V = {f['initial_loss']:.2f}.")
