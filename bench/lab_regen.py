@@ -1,9 +1,9 @@
 """Regenerate docs/lab.md: every `nextoken lab` experiment at one budget, one after another, with the wall time
 of each, then the page from their reports. Run it with NOTHING else on the machine: the wall times are quoted.
 
-    python bench/lab_regen.py                          # all experiments at small into lab-small/, then docs/lab.md
+    python bench/lab_regen.py                          # all experiments at small into runs/lab-small/, then docs/lab.md
     python bench/lab_regen.py --only warmup z-loss     # some of them (the page keeps the others' last sections)
-    python bench/lab_regen.py --page-only              # rebuild docs/lab.md from lab-small/*/ without training
+    python bench/lab_regen.py --page-only              # rebuild docs/lab.md from runs/lab-small/*/, training nothing
 
 Each experiment runs as `nextoken lab run NAME --budget B --out OUT/NAME` in its own process; a rerun after an
 interruption continues where it stopped (finished runs are read back), but then its wall time is not the
@@ -37,12 +37,12 @@ from nextoken.lab import available  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", default="small", choices=("smoke", "small", "full"))
-    ap.add_argument("--out", default=None, help="experiment directories (default lab-BUDGET)")
+    ap.add_argument("--out", default=None, help="experiment directories (default runs/lab-BUDGET)")
     ap.add_argument("--only", nargs="*", help="these experiments only")
     ap.add_argument("--page", default=str(ROOT / "docs" / "lab.md"))
     ap.add_argument("--page-only", action="store_true", help="rebuild the page from the reports, train nothing")
     args = ap.parse_args()
-    out = Path(args.out or f"lab-{args.budget}")
+    out = Path(args.out or f"runs/lab-{args.budget}")
     names = args.only or available()
     if not args.page_only:
         for name in names:
@@ -60,6 +60,11 @@ def main() -> int:
             print(f"{name}: {wall / 60:.1f} min", flush=True)
     write_page(out, args.budget, Path(args.page))
     return 0
+
+
+SHAPES = {"smoke": "a test of the plumbing: 2 blocks x 32 wide, context 32, batches of 4 x 32 tokens",
+          "small": "small on purpose: 3 blocks x 64 wide, context 64, batches of 16 x 64 tokens",
+          "full": "for a GPU: 6 blocks x 384 wide, context 256, batches of 32 x 256 tokens"}
 
 
 def write_page(out: Path, budget: str, page: Path) -> None:
@@ -100,7 +105,7 @@ z-loss) are decided as Wortsman et al. 2023 (Small-scale proxies for large-scale
 instabilities) decide them: final loss against a sweep of learning rates, with and without the remedy, and the
 remedy's effect on the LR sensitivity (the mean over the LRs of min(loss, loss at init) minus the best loss).
 
-The `{budget}` budget is small on purpose: 3 blocks x 64 wide, context 64, batches of 16 x 64 tokens on the
+The `{budget}` budget is {SHAPES[budget]} on the
 built-in corpus (the standard library; byte-level tokens, or the 4096-token BPE vocabulary where the claim is
 about subword vocabularies), for the steps each report states. `--budget full` is for a GPU. The runs a report
 names are ordinary run directories under the experiment's `--out` (not committed; the command recreates them),
