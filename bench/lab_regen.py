@@ -107,10 +107,10 @@ remedy's effect on the LR sensitivity (the mean over the LRs of min(loss, loss a
 
 The `{budget}` budget is {SHAPES[budget]} on the
 built-in corpus (the standard library; byte-level tokens, or the 4096-token BPE vocabulary where the claim is
-about subword vocabularies), for the steps each report states; a report that differs says so. `--budget full` is for a GPU. The runs a report
-names are ordinary run directories under the experiment's `--out` (not committed; the command recreates them),
-so `nextoken plot`, `nextoken eval` and `nextoken sample` work on them. The dated notes after a report are
-written by hand.
+about subword vocabularies), for the steps each report states; a report whose model differs says so.
+`--budget full` is for a GPU. The runs a report names are ordinary run directories under the experiment's
+`--out` (not committed; the command recreates them), so `nextoken plot`, `nextoken eval` and `nextoken sample`
+work on them. The dated notes after a report are written by hand.
 
 | experiment | verdict | wall time at {budget} | seeds |
 |---|---|---|---|
