@@ -70,7 +70,8 @@ class Chinchilla(Experiment):
         keep = ("name", "params", "params_total", "tokens", "flops", "loss")
         rows = [{k: p[k] for k in keep} | {"params_eff": c["params"], "tokens_sub": c["tokens"]}
                 for p, c in zip(points, chin, strict=True)]
-        return {"flops": self.budget_flops(ctx), "bytes_per_token": bpt, "points": rows, "profile": prof,
+        return {"flops": self.budget_flops(ctx), "bytes_per_token": bpt, "seeds": [base.train.seed], "points": rows,
+                "profile": prof,
                 "profile_chinchilla": a2c["profiles"][0] if a2c["profiles"] else {}}
 
     def setup(self, f: dict) -> str:

@@ -107,10 +107,12 @@ def write_report(out: Path, exp: Experiment, figures: dict) -> dict:
              f"**Claim.** {exp.claim} ({exp.source})", ""]
     if setup := exp.setup(figures):
         lines += [f"**Setup.** {setup}", ""]
-    if figures.get("seeds"):
-        lines += [f"**Seeds.** train.seed {', '.join(map(str, figures['seeds']))} for each arm: a seed fixes the "
+    if len(seeds := figures.get("seeds") or []) > 1:
+        lines += [f"**Seeds.** train.seed {', '.join(map(str, seeds))} for each arm: a seed fixes the "
                   "initialization and the data order, so the arms of one seed differ only in what the experiment "
                   "changes; effects are paired differences, given as mean ± standard error over the seeds.", ""]
+    elif seeds:
+        lines += [f"**Seeds.** train.seed {seeds[0]} for every run.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     lines += ["", "![figure](figure.png)", "", f"**Verdict: {v.status}.** {v.why}", "",
