@@ -104,7 +104,7 @@ class LabelSmoothing(Experiment):
         under = paired([v["overconfidence"] for v in zero], [v["overconfidence"] for v in hi])
         s_loss, s_under = sign(loss), -sign(under)  # +1: the claim's direction
         why = (f"loss: val CE at ε = 0.3 minus ε = 0 {pm(loss)}; calibration: over-confidence (confidence minus "
-               f"accuracy) at ε = 0.3 minus ε = 0 {pm(under)}, from {_mean(zero, 'overconfidence'):+.3f} to "
+               f"accuracy) at ε = 0.3 minus ε = 0 {pm(under, unit='')}, from {_mean(zero, 'overconfidence'):+.3f} to "
                f"{_mean(hi, 'overconfidence'):+.3f} (ECE {_mean(zero, 'ece'):.3f} → {_mean(hi, 'ece'):.3f}); "
                f"rule: each part {rule_text()}, held if both move the claim's way")
         parts = f"loss part {_word(s_loss)}, calibration part {_word(s_under)}"
