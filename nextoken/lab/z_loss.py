@@ -101,7 +101,17 @@ class ZLoss(Experiment):
                f"without, {f['trained']['z1e-4']:.1f} with, of {len(f['lrs'])}; mean |log Z| "
                f"{sum(z0) / len(z0):.2f} without, {sum(z1) / len(z1):.2f} with (rule: held if z-loss lowers the LR "
                f"sensitivity, {rule_text()})")
+        # a remedy can be judged only where the trouble shows: some run without z-loss that lost at least half of
+        # its way from the loss at init to the best loss (or diverged), as spike.py asks for a spike that hurt
+        init = f["initial_loss"]
+        best = min(x for c in f["curves"]["z0"].values() for x in c if math.isfinite(x))
+        failed = sum(1 for c in f["curves"]["z0"].values() for x in c if not x <= (init + best) / 2)
+        why += (f"; without z-loss {failed} of {len(f['lrs']) * len(seeds_)} runs lost half their way from the loss "
+                f"at init ({init:.2f}) to the best ({best:.2f}) (held or not held only if some did)")
         s = sign(gain)
+        if not failed:
+            return Verdict(INCONCLUSIVE, why + "; no learning rate failed without z-loss: nothing to remedy at "
+                           "this scale")
         if s > 0:
             return Verdict(HELD, why)
         if s < 0:
