@@ -90,11 +90,12 @@ def write_page(out: Path, budget: str, page: Path) -> None:
         seeds = ", ".join(map(str, f.get("seeds") or [])) or "-"
         rows.append(f"| [{name}](#{name}-budget-{budget}) | {f['verdict']} | "
                     f"{'-' if wall is None else f'{wall / 60:.1f} min'} | {seeds} |")
+    walls = f"; total wall time {total / 60:.0f} min" if total else ""
     head = f"""# nextoken lab: the claims of pretraining, rerun
 
 `nextoken lab run NAME --budget {budget}` trains what an experiment needs, measures, draws, and says whether the
 claim held at this scale. The reports below were written by `python bench/lab_regen.py` on {date.today()}
-({os.cpu_count()} CPUs; total wall time {total / 60:.0f} min). Each verdict is computed from the measured figures by
+({os.cpu_count()} CPUs{walls}). Each verdict is computed from the measured figures by
 the rule its report states (`nextoken/lab/NAME.py`, `verdict`), never written by hand.
 
 How the rules decide. Every arm is trained with the same seeds (train.seed fixes the initialization and the data
