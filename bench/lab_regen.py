@@ -111,7 +111,8 @@ built-in corpus (the standard library; byte-level tokens, or the 4096-token BPE 
 about subword vocabularies), for the steps each report states; a report whose model differs says so.
 `--budget full` is for a GPU. The runs a report names are ordinary run directories under the experiment's
 `--out` (not committed; the command recreates them), so `nextoken plot`, `nextoken eval` and `nextoken sample`
-work on them. The dated notes after a report are written by hand.
+work on them, and `nextoken serve lab` shows every experiment's report, figure and runs in the browser (its "Lab"
+page). The dated notes after a report are written by hand.
 
 | experiment | verdict | wall time at {budget} | seeds |
 |---|---|---|---|
