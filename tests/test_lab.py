@@ -117,6 +117,42 @@ def test_model_hash_of_the_default_config_is_what_it_was():
     assert cfg.model_hash() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def test_paired_effect_and_its_standard_error_by_hand():
+    from nextoken.lab.base import paired, pm, sign
+
+    e = paired([1.0, 2.0, 3.0], [1.5, 2.7, 3.4])  # differences 0.5, 0.7, 0.4: mean 0.5333, sd 0.1528, se 0.0882
+    assert e["values"] == pytest.approx([0.5, 0.7, 0.4]) and e["mean"] == pytest.approx(1.6 / 3)
+    assert e["se"] == pytest.approx(math.sqrt(((0.5 - 1.6 / 3) ** 2 + (0.7 - 1.6 / 3) ** 2 + (0.4 - 1.6 / 3) ** 2)
+                                              / 2 / 3))
+    assert sign(e) == 1 and sign(paired([1.5, 2.7, 3.4], [1.0, 2.0, 3.0])) == -1
+    assert sign(paired([0.0, 0.0, 0.0], [0.1, -0.1, 0.05])) == 0  # within two standard errors
+    assert sign(paired([1.0], [2.0])) == 0 and "± ?" in pm(paired([1.0], [2.0]))  # one seed: no standard error
+    assert "over 3 seeds" in pm(e)
+
+
+def test_lr_sensitivity_of_wortsman_et_al():
+    from nextoken.lab.base import lr_sensitivity, trains
+
+    # losses 3, 2, 6 (above the init loss 5: capped), nan (diverged: counts as 5): mean(3, 2, 5, 5) - 2 = 1.75
+    assert lr_sensitivity([3.0, 2.0, 6.0, math.nan], initial=5.0) == pytest.approx(1.75)
+    assert lr_sensitivity([2.0, 2.0], initial=5.0) == 0.0  # flat: no sensitivity
+    assert trains([3.0, 2.05, math.inf, 2.0], best=2.0, within=0.1) == 2
+
+
+def test_an_interrupted_lab_run_says_to_rerun_the_lab(tmp_path, monkeypatch):
+    from nextoken.lab import runner
+    from nextoken.training.signals import Interrupted
+
+    def stop(*a, **k):
+        raise Interrupted("Ctrl-C at step 3; saved ckpt; continue with nextoken train --out x --resume")
+
+    monkeypatch.setattr(runner, "train_variant", stop)
+    with pytest.raises(Interrupted) as e:
+        run("weight-tying", "smoke", tmp_path / "wt", log=lambda m: None)
+    assert "Ctrl-C at step 3" in str(e.value) and "--resume" not in str(e.value)
+    assert f"nextoken lab run weight-tying --budget smoke --out {tmp_path / 'wt'}" in str(e.value)
+
+
 # ---- the experiments at the smoke budget ----
 
 
@@ -177,9 +213,9 @@ def test_rerun_reuses_finished_runs_and_report_rewrites(tmp_path, capsys):
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.jsonl")}
     logs = []
     again = run("weight-tying", "smoke", out, log=logs.append)
-    assert all("done" in m for m in logs) and len(logs) == 3
+    assert all("done" in m for m in logs) and len(logs) == 4  # 2 arms x 2 seeds
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    assert again["variants"]["tied"]["val_loss"] == first["variants"]["tied"]["val_loss"]
+    assert again["variants"]["tied-s1337"]["val_loss"] == first["variants"]["tied-s1337"]["val_loss"]
     (out / "report.md").unlink()
     assert main(["lab", "report", str(out)]) == 0 and (out / "report.md").is_file()
     assert main(["lab", "run", "spike", "--budget", "smoke", "--out", str(out)]) != 0

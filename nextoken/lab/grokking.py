@@ -17,6 +17,13 @@ from nextoken.lab.base import (
     Experiment,
     Verdict,
     base_config,
+    mean_se,
+    paired,
+    pm,
+    rule_text,
+    seeded,
+    seeds,
+    sign,
     with_changes,
 )
 
@@ -28,9 +35,11 @@ class Grokking(Experiment):
     name = "grokking"
     claim = ("on a small algorithmic task a network first memorizes its training set, then, long after train "
              "accuracy reached 100%, suddenly generalizes; weight decay drives it")
-    source = "Power et al. 2022; Nanda et al. 2023; the seed lesson §12.8"
-    cost = {"smoke": "about 3 s", "small": "1-9 min on the shared 2-core CPU (2 runs of 1000 full-batch steps)",
-            "full": "2 GPU runs (p = 113)"}
+    source = ("Power et al. 2022 (Grokking: generalization beyond overfitting on small algorithmic datasets); "
+              "Nanda et al. 2023 (Progress measures for grokking via mechanistic interpretability)")
+    cost = {"smoke": "about 6 s", "small": "about 4 min on a quiet 2-core CPU (6 runs of 1000 full-batch steps; an "
+            "estimate from 2 runs in 1 min on a quieter box, to be measured quietly)",
+            "full": "6 GPU runs (p = 113)"}
 
     def data(self, ctx: Context):
         p = ctx.pick(11, 31, 113)
@@ -48,7 +57,9 @@ class Grokking(Experiment):
             "optim.lr": ctx.pick(1e-3, 3e-3, 1e-3), "optim.beta2": 0.98, "optim.warmup_steps": 10,
             "optim.schedule": "constant",
             "optim.grad_clip": 0.0, "optim.weight_decay": 1.0})
-        return {"wd1": base, "wd0": with_changes(base, **{"optim.weight_decay": 0.0})}
+        # the examples are the full batch every step, so a seed sets the initialization alone
+        return {seeded(f"wd{wd:g}", s): with_changes(base, **{"optim.weight_decay": wd, "train.seed": s})
+                for wd in (1.0, 0.0) for s in seeds(ctx)}
 
     def measure(self, ctx: Context, runs) -> dict:
         out = {}
@@ -62,11 +73,11 @@ class Grokking(Experiment):
                 norm = math.sqrt(sum(float(p.detach().pow(2).sum()) for p in loaded.model.parameters()))
                 points.append({"step": loaded.step, "train_acc": acc["train"], "val_acc": acc["val"],
                                "weight_norm": norm})
-            out[name] = {"weight_decay": cfg.optim.weight_decay, "points": points}
-        cfg = runs["wd1"].config
+            out[name] = {"weight_decay": cfg.optim.weight_decay, "seed": cfg.train.seed, "points": points}
+        cfg = next(iter(runs.values())).config
         return {"variants": out, "p": TokenData(cfg.data.path, "train").manifest["examples"]["p"],
                 "train_examples": cfg.train.batch_size, "steps": cfg.train.max_steps, "d_model": cfg.model.d_model,
-                "lr": cfg.optim.lr}
+                "lr": cfg.optim.lr, "seeds": seeds(ctx)}
 
     def setup(self, f: dict) -> str:
         return (f"a + b mod {f['p']}, one token per number; half of the {f['p']}² equations train "
@@ -89,9 +100,13 @@ class Grokking(Experiment):
         ax1, ax2 = fig.subplots(1, 2)
         for n, v in f["variants"].items():
             s = [p["step"] for p in v["points"]]
-            line, = ax1.plot(s, [p["train_acc"] for p in v["points"]], "--", label=f"{n} train")
-            ax1.plot(s, [p["val_acc"] for p in v["points"]], "-", color=line.get_color(), label=f"{n} val")
-            ax2.plot(s, [p["weight_norm"] for p in v["points"]], "o-", label=n)
+            c = "tab:blue" if v["weight_decay"] else "tab:orange"
+            first = v.get("seed", 0) == f.get("seeds", [0])[0]
+            ax1.plot(s, [p["train_acc"] for p in v["points"]], "--", color=c, alpha=0.7,
+                     label=f"weight decay {v['weight_decay']:g}, train" if first else None)
+            ax1.plot(s, [p["val_acc"] for p in v["points"]], "-", color=c, alpha=0.7,
+                     label=f"weight decay {v['weight_decay']:g}, val" if first else None)
+            ax2.plot(s, [p["weight_norm"] for p in v["points"]], "-", color=c, alpha=0.7, label=n)
         ax1.set_xlabel("step")
         ax1.set_ylabel("accuracy of the answer")
         ax1.legend()
@@ -100,22 +115,32 @@ class Grokking(Experiment):
         ax2.legend()
 
     def verdict(self, f: dict) -> Verdict:
-        v = f["variants"]["wd1"]["points"]
-        t_mem, t_gen = _first(v, "train_acc", MEMORIZED), _first(v, "val_acc", GENERALIZED)
-        w0 = f["variants"]["wd0"]["points"]
-        t_gen0 = _first(w0, "val_acc", GENERALIZED)
-        rule = (f"(rule: held if with weight decay val accuracy reaches {GENERALIZED} at least {LATE:g}x later than "
-                f"train accuracy reaches {MEMORIZED})")
-        if t_mem is None:
-            return Verdict(INCONCLUSIVE, f"train accuracy never reached {MEMORIZED} (final {v[-1]['train_acc']:.3f}): "
+        wd1 = sorted((v for v in f["variants"].values() if v["weight_decay"]), key=lambda v: v.get("seed", 0))
+        wd0 = sorted((v for v in f["variants"].values() if not v["weight_decay"]), key=lambda v: v.get("seed", 0))
+        rule = (f"(rule: held if, with weight decay, val accuracy reaches {GENERALIZED} more than {LATE:g}x later than "
+                f"train accuracy reaches {MEMORIZED} (the log2 of that delay ratio minus log2 {LATE:g} above zero), "
+                f"and weight decay raises the final val accuracy, each {rule_text()})")
+        t_mem = [_first(v["points"], "train_acc", MEMORIZED) for v in wd1]
+        t_gen = [_first(v["points"], "val_acc", GENERALIZED) for v in wd1]
+        if None in t_mem:
+            return Verdict(INCONCLUSIVE, f"with weight decay, train accuracy did not reach {MEMORIZED} in every seed: "
                            f"nothing memorized yet at this budget {rule}")
-        if t_gen is None:
-            return Verdict(INCONCLUSIVE, f"memorized by step {t_mem}, but val accuracy only reached "
-                           f"{max(p['val_acc'] for p in v):.3f} in {f['steps']} steps; grokking may come later "
-                           f"{rule}")
-        why = (f"with weight decay: memorized at step {t_mem}, generalized at step {t_gen}; without: generalized "
-               f"{'at step ' + str(t_gen0) if t_gen0 else 'never'} {rule}")
-        return Verdict(HELD if t_gen >= LATE * t_mem else NOT_HELD, why)
+        if None in t_gen:
+            return Verdict(INCONCLUSIVE, f"memorized by steps {t_mem}, but with weight decay val accuracy reached "
+                           f"{GENERALIZED} only in {sum(t is not None for t in t_gen)} of {len(t_gen)} seeds in "
+                           f"{f['steps']} steps; grokking may come later {rule}")
+        late = mean_se([math.log2(g / m) - math.log2(LATE) for g, m in zip(t_gen, t_mem, strict=True)])
+        drives = paired([v["points"][-1]["val_acc"] for v in wd0], [v["points"][-1]["val_acc"] for v in wd1])
+        t_gen0 = [_first(v["points"], "val_acc", GENERALIZED) for v in wd0]
+        why = (f"with weight decay: memorized at steps {t_mem}, generalized at steps {t_gen}: log2(delay ratio) minus "
+               f"log2 {LATE:g} = {pm(late, unit='')}; without: generalized at "
+               f"{[t if t else 'never' for t in t_gen0]}; final val accuracy with minus without weight decay "
+               f"{pm(drives, unit='')} {rule}")
+        if sign(late) > 0 and sign(drives) > 0:
+            return Verdict(HELD, why)
+        if sign(late) < 0 or sign(drives) < 0:
+            return Verdict(NOT_HELD, why)
+        return Verdict(INCONCLUSIVE, why)
 
 
 def _first(points: list[dict], key: str, level: float) -> int | None:

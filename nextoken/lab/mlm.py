@@ -18,6 +18,12 @@ from nextoken.lab.base import (
     base_config,
     curve,
     final_eval,
+    paired,
+    pm,
+    rule_text,
+    seeded,
+    seeds,
+    sign,
     text_data,
     with_changes,
 )
@@ -29,20 +35,20 @@ class MaskedLM(Experiment):
     claim = ("a masked-token model (BERT) learns from only the ~15% of tokens it masks, but sees both sides of a "
              "blank: it fills blanks better and continues text worse than a next-token model of the same size "
              "and compute")
-    source = "Devlin et al. 2019 §3.1; the seed lesson §12.3 ('comprehension models play a masked variant')"
-    cost = {"smoke": "about 8 s", "small": "about 5 min on a 2-core CPU (3 runs)", "full": "3 GPU runs"}
+    source = ("Devlin et al. 2019 (BERT) §3.1 and appendix C.1; Radford et al. 2018 (GPT) for next-token "
+              "pretraining")
+    cost = {"smoke": "about 8 s", "small": "about 3 min on a quiet 2-core CPU (6 runs of 400 steps; an estimate "
+            "from 26k tokens/s on one core, to be measured quietly)", "full": "6 GPU runs"}
 
     def variants(self, ctx: Context):
-        base = base_config(ctx, text_data(ctx))
+        base = base_config(ctx, text_data(ctx), **{"train.max_steps": ctx.pick(30, 400, 3000)})
         vocab = TokenData(base.data.path, "train").manifest["vocab_size"]
-        mlm = with_changes(base, **{"train.objective": "mlm", "model.attention": "bidirectional",
-                                    "model.vocab_size": vocab + 1})
-        long = round(base.train.max_steps / mlm.train.mask_rate)  # as many predicted tokens as the next-token run
-        return {"next-token": base, "mlm": mlm, "mlm-same-targets": with_changes(mlm, **{
-            "train.max_steps": long, "train.eval_every": long // 4, "train.ckpt_every": long // 4})}
+        mlm = {"train.objective": "mlm", "model.attention": "bidirectional", "model.vocab_size": vocab + 1}
+        return {seeded(arm, s): with_changes(base, **{**changes, "train.seed": s})
+                for arm, changes in (("next-token", {}), ("mlm", mlm)) for s in seeds(ctx)}
 
     def measure(self, ctx: Context, runs) -> dict:
-        cfg = runs["next-token"].config
+        cfg = next(iter(runs.values())).config
         val = TokenData(cfg.data.path, "val")
         windows = list(eval_windows(val, cfg.model.block_size, cfg.train.eval_tokens))
         x = torch.stack([w[0] for w in windows])
@@ -52,7 +58,7 @@ class MaskedLM(Experiment):
         for name, run in runs.items():
             model = run.load().model
             with torch.no_grad():
-                if name == "next-token":
+                if run.config.train.objective == "next":
                     fill = model(x[:, :mid])[:, -1]  # the left side only
                     cont = model(x[:, :-1])[:, -1]
                     loss, predicted = final_eval(run)["loss"], T
@@ -67,7 +73,8 @@ class MaskedLM(Experiment):
                     blank[:, mid] = mask_id
                     last[:, -1] = mask_id  # continue: predict the last token from what precedes it
                     fill, cont = model(blank)[:, mid], model(last)[:, -1]
-            out[name] = {"steps": run.config.train.max_steps, "loss_per_predicted": loss,
+            out[name] = {"arm": name.rsplit("-s", 1)[0], "seed": run.config.train.seed,
+                         "steps": run.config.train.max_steps, "loss_per_predicted": loss,
                          "predicted_per_seq": predicted,
                          "targets_seen": predicted * run.config.train.max_steps * run.config.train.batch_size,
                          "fill_nll": float(F.cross_entropy(fill, x[:, mid])),
@@ -75,13 +82,12 @@ class MaskedLM(Experiment):
                          "continue_nll": float(F.cross_entropy(cont, x[:, -1])),
                          "continue_acc": float((cont.argmax(-1) == x[:, -1]).float().mean()),
                          "train": curve(run, "train")}
-        return {"variants": out, "block_size": T, "windows": len(windows)}
+        return {"variants": out, "block_size": T, "windows": len(windows), "seeds": seeds(ctx)}
 
     def setup(self, f: dict) -> str:
-        return (f"the same model size, data, steps and batch; the MLM with train.objective mlm, model.attention "
-                "bidirectional and one more id for [MASK]; a third run trains the MLM 1/0.15 times as long, on as many "
-                "predicted tokens as the next-token model (and that much more compute). "
-                f"bidirectional and one more id for [MASK]. On {f['windows']} val windows of {f['block_size']} tokens: "
+        return ("the same model size, data order, steps, batch and seeds, so the same compute; the MLM with "
+                "train.objective mlm, model.attention bidirectional and one more id for [MASK]. On "
+                f"{f['windows']} val windows of {f['block_size']} tokens: "
                 "'fill' blanks the middle token (the MLM sees both sides, the next-token model its left side); "
                 "'continue' predicts the last token from those before it (both see only the left). The MLM run's own "
                 "eval lines score next-token loss, which means nothing for a bidirectional model; its loss here is "
@@ -96,35 +102,42 @@ class MaskedLM(Experiment):
     def draw(self, f: dict, fig) -> None:
         ax1, ax2 = fig.subplots(1, 2)
         for n, v in f["variants"].items():
-            ax1.plot(v["train"]["step"], v["train"]["loss"], lw=1, label=f"{n} (train loss per predicted token)")
+            ax1.plot(v["train"]["step"], v["train"]["loss"], lw=1, color="tab:orange" if "mlm" in n else "tab:blue",
+                     label=f"{n} (train loss per predicted token)")
         ax1.set_xlabel("step")
         ax1.set_ylabel("nats")
         ax1.legend()
-        names = list(f["variants"])
-        xs, w = range(2), 0.8 / len(names)
-        for i, n in enumerate(names):
-            v = f["variants"][n]
-            ax2.bar([x + w * i for x in xs], [v["fill_nll"], v["continue_nll"]], width=w, label=n)
+        arms = ("next-token", "mlm")
+        xs, w = range(2), 0.8 / len(arms)
+        for i, arm in enumerate(arms):
+            vs = _arm(f, arm)
+            fill, cont = (sum(v[k] for v in vs) / len(vs) for k in ("fill_nll", "continue_nll"))
+            ax2.bar([x + w * i for x in xs], [fill, cont], width=w, label=f"{arm} (mean of {len(vs)} seeds)")
         ax2.set_xticks([x + 0.4 - w / 2 for x in xs], ["fill a blank", "continue"])
         ax2.set_ylabel("NLL of the true token (nats)")
         ax2.legend()
 
     def verdict(self, f: dict) -> Verdict:
-        n, m = f["variants"]["next-token"], f["variants"]["mlm"]
-        fills = n["fill_nll"] - m["fill_nll"]
-        conts = m["continue_nll"] - n["continue_nll"]
-        lg = f["variants"].get("mlm-same-targets")
-        why = (f"at the same compute, fill-a-blank NLL: MLM {m['fill_nll']:.3f} vs next-token {n['fill_nll']:.3f}; "
-               f"continue NLL: MLM {m['continue_nll']:.3f} vs next-token {n['continue_nll']:.3f}; the MLM predicted "
-               f"{m['predicted_per_seq']:.1f} of {f['block_size']} tokens per sequence (rule: held if the MLM is "
-               "better at filling and worse at continuing)"
-               + (f"; trained on as many targets ({lg['steps']} steps) the MLM fills at {lg['fill_nll']:.3f} and "
-                  f"continues at {lg['continue_nll']:.3f}" if lg else ""))
-        if fills > 0 and conts > 0:
+        nt, m = _arm(f, "next-token"), _arm(f, "mlm")
+        fills = paired([v["fill_nll"] for v in m], [v["fill_nll"] for v in nt])  # > 0: the MLM fills better
+        conts = paired([v["continue_nll"] for v in nt], [v["continue_nll"] for v in m])  # > 0: it continues worse
+        s1, s2 = sign(fills), sign(conts)
+        why = (f"at the same compute, fill-a-blank NLL next-token minus MLM {pm(fills)}; continue NLL MLM minus "
+               f"next-token {pm(conts)}; the MLM predicted {m[0]['predicted_per_seq']:.1f} of {f['block_size']} "
+               f"tokens per sequence (rule: held if the MLM fills better and continues worse, each {rule_text()})")
+        if s1 > 0 and s2 > 0:
             return Verdict(HELD, why)
-        if fills <= 0 and conts <= 0:
-            return Verdict(NOT_HELD, why)
-        return Verdict(INCONCLUSIVE, why + "; only one of the two held")
+        if s1 < 0 or s2 < 0:
+            return Verdict(NOT_HELD, why + f"; filling {_word(s1)}, continuing {_word(s2)}")
+        return Verdict(INCONCLUSIVE, why + f"; filling {_word(s1)}, continuing {_word(s2)}")
+
+
+def _arm(f: dict, arm: str) -> list[dict]:
+    return sorted((v for v in f["variants"].values() if v.get("arm", arm) == arm), key=lambda v: v.get("seed", 0))
+
+
+def _word(s: int) -> str:
+    return {1: "held", -1: "went the other way", 0: "undecided"}[s]
 
 
 EXPERIMENT = MaskedLM()

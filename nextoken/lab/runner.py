@@ -22,6 +22,7 @@ from nextoken.errors import NextokenError
 from nextoken.lab import get
 from nextoken.lab.base import BUDGETS, Context, Experiment, Verdict, fmt
 from nextoken.run import Run, final_eval, read_metrics
+from nextoken.training.signals import Interrupted
 
 
 def finished(run_dir: Path, max_steps: int) -> bool:
@@ -66,13 +67,21 @@ def run(name: str, budget: str = "small", out: str | Path | None = None, log: Ca
     variants = exp.variants(ctx)
     meta_path.write_text(json.dumps({"experiment": name, "budget": budget, "runs": list(variants)}, indent=1))
     runs = {}
-    for i, (vname, cfg) in enumerate(variants.items(), 1):
-        runs[vname] = train_variant(cfg, out / "runs" / vname, log, f"[{i}/{len(variants)}] {name}/{vname}:")
-    figures = exp.measure(ctx, runs)
+    try:
+        for i, (vname, cfg) in enumerate(variants.items(), 1):
+            runs[vname] = train_variant(cfg, out / "runs" / vname, log, f"[{i}/{len(variants)}] {name}/{vname}:")
+        figures = exp.measure(ctx, runs)  # chinchilla trains its sweep here
+    except (Interrupted, KeyboardInterrupt) as e:  # the loop's hint names `nextoken train --resume`: the lab resumes
+        why = str(e).split("; continue with")[0] or "interrupted"  # its runs itself
+        raise Interrupted(f"{why}; continue with the same command: {rerun_command(name, budget, out)}") from None
     figures = {"experiment": name, "budget": budget, "claim": exp.claim, "source": exp.source,
                "runs": {k: os.path.relpath(r.path, out) for k, r in runs.items()}, **figures}
     (out / "figures.json").write_text(nonfinite.dumps(figures, indent=1))
     return write_report(out, exp, figures)
+
+
+def rerun_command(name: str, budget: str, out: Path) -> str:
+    return f"nextoken lab run {name} --budget {budget} --out {out}"
 
 
 def read_figures(out: str | Path) -> dict:
@@ -98,6 +107,12 @@ def write_report(out: Path, exp: Experiment, figures: dict) -> dict:
              f"**Claim.** {exp.claim} ({exp.source})", ""]
     if setup := exp.setup(figures):
         lines += [f"**Setup.** {setup}", ""]
+    if len(seeds := figures.get("seeds") or []) > 1:
+        lines += [f"**Seeds.** train.seed {', '.join(map(str, seeds))} for each arm: a seed fixes the "
+                  "initialization and the data order, so the arms of one seed differ only in what the experiment "
+                  "changes; effects are paired differences, given as mean ± standard error over the seeds.", ""]
+    elif seeds:
+        lines += [f"**Seeds.** train.seed {seeds[0]} for every run.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     lines += ["", "![figure](figure.png)", "", f"**Verdict: {v.status}.** {v.why}", "",

@@ -1,7 +1,9 @@
-"""warmup: pre-LN and post-LN blocks, each with and without learning-rate warmup, at a learning rate where
-it matters: loss curves, per-layer gradient norms at initialization, which runs diverge."""
+"""warmup: pre-LN and post-LN blocks, each with and without learning-rate warmup, over a sweep of learning rates
+(Wortsman et al. 2023's LR sensitivity): final loss against LR, and per-layer gradient norms at initialization."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -15,73 +17,78 @@ from nextoken.lab.base import (
     Experiment,
     Verdict,
     base_config,
-    curve,
-    final_eval,
+    draw_sweep,
+    lr_sweep,
+    paired,
+    pm,
+    rule_text,
+    seeds,
+    sign,
+    sweep_figures,
+    sweep_table,
     text_data,
-    with_changes,
 )
 from nextoken.model import GPT
-from nextoken.nonfinite import divergence
 
-MATTERS = 0.05  # nats: a warmup gain below this is no gain
+ARMS = ("post-warmup", "post-nowarmup", "pre-warmup", "pre-nowarmup")
 
 
 class Warmup(Experiment):
     name = "warmup"
     claim = ("learning-rate warmup matters mostly for post-LN transformers: their gradients near the output are "
-             "large at initialization, and without warmup a high learning rate breaks them; pre-LN trains without it")
-    source = "Xiong et al. 2020 (On Layer Normalization in the Transformer Architecture) §3; the seed lesson §12.6"
-    cost = {"smoke": "about 5 s", "small": "4 min on the shared 2-core CPU (4 runs)", "full": "4 GPU runs"}
+             "large at initialization, and without warmup only small learning rates train; pre-LN trains "
+             "without it")
+    source = ("Xiong et al. 2020 (On Layer Normalization in the Transformer Architecture) §3; Liu et al. 2020 "
+              "(Understanding the Difficulty of Training Transformers); Wortsman et al. 2023 for the LR sweep")
+    cost = {"smoke": "about 20 s", "small": "about 5-6 min on a quiet 2-core CPU (36 runs of 200 steps; an "
+            "estimate from 26k tokens/s on one core, to be measured quietly)", "full": "60 GPU runs"}
+
+    def lrs(self, ctx: Context) -> list[float]:
+        return ctx.pick([3e-3, 3e-2], [1e-3, 3e-3, 1e-2], [3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
 
     def variants(self, ctx: Context):
-        base = base_config(ctx, text_data(ctx), **{"optim.lr": ctx.pick(2e-2, 1e-2, 3e-3),
-                                                    "model.n_layer": ctx.pick(2, 4, 12)})
-        runs = {}
-        for norm in ("pre", "post"):
-            for warm in (base.optim.warmup_steps, 0):
-                runs[f"{norm}-{'warmup' if warm else 'nowarmup'}"] = with_changes(
-                    base, **{"model.norm": norm, "optim.warmup_steps": warm})
-        return runs
+        steps = ctx.pick(30, 200, 3000)
+        base = base_config(ctx, text_data(ctx), **{"train.max_steps": steps, "model.n_layer": ctx.pick(2, 4, 12),
+                                                    "train.eval_tokens": ctx.pick(2048, 16384, 1 << 18)})
+        warm = steps // 5  # a long warmup, a fifth of the run (Xiong et al. warm up over 4000 steps)
+        arms = {f"{norm}-{w}": {"model.norm": norm, "optim.warmup_steps": warm if w == "warmup" else 0}
+                for norm in ("post", "pre") for w in ("warmup", "nowarmup")}
+        return lr_sweep(base, arms, self.lrs(ctx), seeds(ctx))
 
     def measure(self, ctx: Context, runs) -> dict:
-        out = {}
-        for name, run in runs.items():
-            cfg = run.config
-            torch.manual_seed(cfg.train.seed)  # the run's own initialization (training/loop.py builds it so)
-            model = GPT(cfg.model)
-            x, y = BatchSampler(TokenData(cfg.data.path, "train"), cfg.model.block_size, cfg.train.seed).batch(
-                0, cfg.train.batch_size)
-            loss = final_eval(run)["loss"]
-            out[name] = {"norm": cfg.model.norm, "warmup_steps": cfg.optim.warmup_steps, "val_loss": loss,
-                         "diverged": divergence(loss, cfg.model.vocab_size), "grad_norms_init": layer_grad_norms(
-                             model, x, y), "curve": curve(run), "train": curve(run, "train")}
-        return {"variants": out, "lr": next(iter(runs.values())).config.optim.lr}
+        cfg = next(iter(runs.values())).config
+        f = sweep_figures(runs, list(ARMS), self.lrs(ctx), seeds(ctx), math.log(cfg.model.vocab_size))
+        f["grad_norms_init"] = {}
+        for norm in ("pre", "post"):
+            c = runs[f"{norm}-warmup-lr{f['lrs'][0]:g}-s{f['seeds'][0]}"].config
+            torch.manual_seed(c.train.seed)  # the run's own initialization (training/loop.py builds it so)
+            model = GPT(c.model)
+            x, y = BatchSampler(TokenData(c.data.path, "train"), c.model.block_size, c.train.seed).batch(
+                0, c.train.batch_size)
+            f["grad_norms_init"][norm] = layer_grad_norms(model, x, y)
+        f["warmup_steps"] = next(r.config.optim.warmup_steps for n, r in runs.items() if n.startswith("post-warmup"))
+        f["n_layer"], f["steps"] = cfg.model.n_layer, cfg.train.max_steps
+        return f
 
     def setup(self, f: dict) -> str:
-        v = f["variants"]["pre-warmup"]
-        return (f"the same model with model.norm pre and post, at lr {f['lr']:g} (peak), with "
-                f"{v['warmup_steps']} warmup steps or none; gradient norms per layer of the first batch at "
-                "initialization; 'diverged' by nextoken's rule (non-finite, or worse than a uniform guess).")
+        g = f["grad_norms_init"]
+        blocks = {n: [v for k, v in g[n].items() if k.startswith("block")] for n in g}
+        return (f"{f['n_layer']} blocks with model.norm post and pre, {f['steps']} steps, with "
+                f"{f['warmup_steps']} steps of linear warmup or none, at peak learning rates "
+                f"{', '.join(f'{x:g}' for x in f['lrs'])}. LR sensitivity (Wortsman et al. 2023): the mean over "
+                "the swept LRs of min(final loss, loss at init) minus the best of them; an LR 'trains' when its "
+                f"final loss is within {f['within']:g} nats of the best any arm reached at that seed. Gradient norm "
+                f"at init, first / last block: post-LN {blocks['post'][0]:.3g} / {blocks['post'][-1]:.3g}, pre-LN "
+                f"{blocks['pre'][0]:.3g} / {blocks['pre'][-1]:.3g}.")
 
     def table(self, f: dict):
-        rows = []
-        for n, v in f["variants"].items():
-            g = v["grad_norms_init"]
-            blocks = [g[k] for k in g if k.startswith("block")]
-            rows.append([n, v["norm"], v["warmup_steps"], v["val_loss"], v["diverged"] or "no",
-                         f"{blocks[0]:.3g} / {blocks[-1]:.3g}", f"{g['head']:.3g}" if "head" in g else "- (none)"])
-        return ["run", "norm", "warmup steps", "final val loss", "diverged", "init grad norm first / last block",
-                "init grad norm head"], rows
+        return sweep_table(f, list(ARMS))
 
     def draw(self, f: dict, fig) -> None:
         ax1, ax2 = fig.subplots(1, 2)
-        for name, v in f["variants"].items():
-            ax1.plot(v["train"]["step"], v["train"]["loss"], lw=1, label=name)
-        ax1.set_xlabel("step")
-        ax1.set_ylabel("train loss (nats)")
-        ax1.legend()
+        draw_sweep(f, ax1, list(ARMS))
         for norm in ("pre", "post"):
-            g = f["variants"][f"{norm}-warmup"]["grad_norms_init"]
+            g = f["grad_norms_init"][norm]
             keys = [k for k in g if k.startswith("block")]
             ax2.plot(range(len(keys)), [g[k] for k in keys], "o-", label=f"{norm}-LN")
         ax2.set_xlabel("block (0: nearest the input)")
@@ -90,24 +97,21 @@ class Warmup(Experiment):
         ax2.legend()
 
     def verdict(self, f: dict) -> Verdict:
-        v = f["variants"]
-
-        def gain(norm: str) -> float:
-            return v[f"{norm}-nowarmup"]["val_loss"] - v[f"{norm}-warmup"]["val_loss"]
-
-        gp, gq = gain("pre"), gain("post")
-        div = [n for n, x in v.items() if x["diverged"]]
-        gap = v["post-warmup"]["val_loss"] - v["pre-warmup"]["val_loss"]
-        why = (f"what warmup gained in final val loss: pre-LN {gp:+.4f}, post-LN {gq:+.4f} nats; post-LN trails "
-               f"pre-LN by {gap:.3f} nats even with warmup; diverged: "
-               f"{', '.join(div) or 'none'} (rule: held if post-LN gains more than {MATTERS} nats more than pre-LN, "
-               "or only post-LN without warmup diverges)")
-        only_post = div == ["post-nowarmup"]
-        if only_post or gq > gp + MATTERS:
+        s = {a: f["sensitivity"][a]["values"] for a in ARMS}
+        post = paired(s["post-warmup"], s["post-nowarmup"])  # > 0: warmup lowered post-LN's sensitivity
+        pre = paired(s["pre-warmup"], s["pre-nowarmup"])
+        more = paired([b - a for a, b in zip(s["pre-warmup"], s["pre-nowarmup"], strict=True)],
+                      [b - a for a, b in zip(s["post-warmup"], s["post-nowarmup"], strict=True)])
+        why = (f"what warmup took off the LR sensitivity: post-LN {pm(post)}, pre-LN {pm(pre)}; post-LN's gain minus "
+               f"pre-LN's {pm(more)}; LRs that train (of {len(f['lrs'])}): post-LN {f['trained']['post-warmup']:.1f} "
+               f"with warmup, {f['trained']['post-nowarmup']:.1f} without; pre-LN {f['trained']['pre-warmup']:.1f} "
+               f"/ {f['trained']['pre-nowarmup']:.1f} (rule: held if warmup lowers post-LN's sensitivity and lowers "
+               f"it more than pre-LN's, each {rule_text()})")
+        if sign(post) > 0 and sign(more) > 0:
             return Verdict(HELD, why)
-        if gq <= gp:
-            return Verdict(NOT_HELD, why + "; warmup helped post-LN no more than pre-LN at this scale")
-        return Verdict(INCONCLUSIVE, why)
+        if sign(post) < 0 or sign(more) < 0:
+            return Verdict(NOT_HELD, why)
+        return Verdict(INCONCLUSIVE, why + "; within the noise")
 
 
 EXPERIMENT = Warmup()
