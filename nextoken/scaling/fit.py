@@ -33,7 +33,7 @@ from nextoken.errors import NextokenError
 from nextoken.model.counting import training_flops_per_token
 from nextoken.nonfinite import dumps
 from nextoken.scaling.laws import CHINCHILLA, ParametricLaw
-from nextoken.scaling.shapes import FAMILY_ASPECT, Family, count_params, family_ladder, shape_for_params
+from nextoken.scaling.shapes import FAMILY_ASPECT, RULE_REF_N, Family, count_params, family_ladder, shape_for_params
 from nextoken.scaling.sweep import collect_points, excluded_why
 
 HUBER_DELTA = 1e-3
@@ -615,6 +615,8 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
                                * base.model.block_size, "warmup_steps": base.optim.warmup_steps,
                                "rules": "per-size" if largest.get("rules") else "fixed",
                                "schedule": largest.get("schedule", "cosine")}
+            if largest.get("rules") and largest.get("params_eff"):  # the LR constant the sweep ran with
+                result["train"]["lr_at_ref"] = largest["rules"]["lr"] * (largest["params_eff"] / RULE_REF_N) ** (1 / 3)
     if backtest_too:
         result["backtest"] = backtest(points, vocab, count, bootstrap)
     write_fit(result, out)
