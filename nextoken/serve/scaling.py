@@ -24,11 +24,14 @@ def sweep_view(sweep_dir: Path, sweep_id: str) -> dict:
         except (ValueError, UnicodeDecodeError):
             raise NextokenError(f"{sweep_id}/fit.json is corrupt; run `nextoken fit` on it again") from None
     elif len(points) >= 5:
-        fit, source = fit_points([dict(p) for p in points], bootstrap=0), "computed here, without intervals"
-    profiles = [[{k: p.get(k) for k in ("name", "params", "tokens", "flops", "budget", "loss")} for p in g]
+        fit = fit_points([dict(p) for p in points], bootstrap=0, count="eff")
+        source = "computed here, without intervals"
+    # N as the fit counts it (N_eff, docs/scaling.md), Kaplan's beside it
+    profiles = [[{**{k: p.get(k) for k in ("name", "tokens", "flops", "budget", "loss")}, "params": p["params_eff"],
+                  "params_non_embedding": p.get("params")} for p in g]
                 for g in group_profiles(points)] if points else []
-    keep = ("E", "A", "B", "alpha", "beta", "a", "b", "a_source", "approach2", "frontier", "n_points",
-            "flops_convention", "chinchilla")
+    keep = ("E", "A", "B", "alpha", "beta", "a", "b", "a_source", "approach2", "frontier", "n_points", "count",
+            "red_flags", "flops_convention", "chinchilla")
     out_fit = None
     if fit:
         out_fit = {k: fit.get(k) for k in keep}
