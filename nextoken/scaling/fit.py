@@ -94,7 +94,8 @@ def fit_parametric(N, D, L, delta: float = HUBER_DELTA, starts: list[np.ndarray]
     best = None
     for x0 in starts if starts is not None else grid_starts(N, D, L, delta):
         x, fun = _lbfgs(x0, logN, logD, logL, delta)
-        if np.all(np.isfinite(x)) and (best is None or fun < best[1]):
+        # A, B and E are e^a, e^b, e^e: a start that ran off past e^700 has no finite law
+        if np.all(np.isfinite(x)) and np.all(np.abs(x[:3]) < 700) and (best is None or fun < best[1]):
             best = (x, fun)
     return best
 
@@ -124,14 +125,18 @@ def _fit_approach3(N, D, L, bootstrap: int, seed: int, delta: float) -> dict:
         samples = []
         for _ in range(bootstrap):
             idx = rng.integers(0, len(L), len(L))
-            xb, _ = fit_parametric(N[idx], D[idx], L[idx], delta, [x, *starts[:2]])
-            lb = _as_law(xb)
+            fitted = fit_parametric(N[idx], D[idx], L[idx], delta, [x, *starts[:2]])
+            if fitted is None:  # every start of this resample ran off (fit_parametric)
+                continue
+            lb = _as_law(fitted[0])
             samples.append([lb.E, lb.A, lb.B, lb.alpha, lb.beta, lb.a, lb.b])
+        if not samples:
+            return out
         s = np.array(samples)
         out["samples"] = s[:, :5].tolist()  # (E, A, B, alpha, beta) per resample: FittedLaw.interval
         out["ci90"] = {k: [float(np.percentile(s[:, i], 5)), float(np.percentile(s[:, i], 95))]
                        for i, k in enumerate((*KEYS, "a", "b"))}
-        out["bootstrap"] = bootstrap
+        out["bootstrap"] = len(samples)  # resamples whose fit stayed finite
     return out
 
 
@@ -342,6 +347,7 @@ def read_points_csv(path: str | Path) -> list[dict]:
 def write_fit(result: dict, path: str | Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(dumps(result, indent=1))  # strict JSON (docs/metrics.md)
     tmp.replace(path)
     return path
@@ -551,7 +557,7 @@ def ratios(tokens: float, n: float, n_other: float | None, bytes_per_token: floa
 
 
 def format_ratios(r: dict, count: str) -> str:
-    """`ratios` in words: "59.0 tokens per N_eff (118 per non-embedding N; 59 bytes, 16.9 BPE-token equivalents)"."""
+    """`ratios` in words: "59.0 tokens per N_eff = 118 per non-embedding N; 59 bytes = 16.9 BPE-token equivalents"."""
     name, other = ("N_eff", "non-embedding N") if count == "eff" else ("non-embedding N", "N_eff")
     if count == "given":
         name = "N"
@@ -560,9 +566,9 @@ def format_ratios(r: dict, count: str) -> str:
     if "per_other_param" in r:
         extra.append(f"{r['per_other_param']:.1f} per {other}")
     if "bytes_per_param" in r:
-        extra.append(f"{r['bytes_per_param']:.1f} bytes, {r['bpe_tokens_per_param']:.1f} BPE-token equivalents "
-                     f"at {BPE_BYTES_PER_TOKEN} bytes a BPE token")
-    return text + (f" ({'; '.join(extra)})" if extra else "")
+        extra.append(f"{r['bytes_per_param']:.1f} bytes = {r['bpe_tokens_per_param']:.1f} BPE-token equivalents "
+                     f"({BPE_BYTES_PER_TOKEN} bytes a BPE token)")
+    return text + (f" = {'; '.join(extra)}" if extra else "")
 
 
 def _family_of(points: list[dict]) -> Family | None:

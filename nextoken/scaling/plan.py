@@ -315,7 +315,7 @@ def _ratio_notes(res: dict) -> list[str]:
     r = res["ratios"]
     bpe = f"{r['bpe_tokens_per_param']:.0f} per BPE-token equivalent" if "bpe_tokens_per_param" in r else ""
     return ["note        Chinchilla's ~20 tokens per parameter is for subword tokens, non-embedding N and 1e18-1e24 "
-            "FLOPs; at tiny budgets the optimal ratio is larger (Porian et al. 2024, Fig. 1; Pearce & Song 2024)"
+            "FLOPs; at tiny budgets the optimal ratio is larger (Porian et al. 2024; Pearce & Song 2024)"
             + (f", and {bpe} here" if bpe else "") + " (docs/scaling.md)"]
 
 
