@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from nextoken.config import ModelConfig
 from nextoken.errors import NextokenError
-from nextoken.model.counting import training_flops_per_token
+from nextoken.model.counting import effective_params, param_counts, training_flops_per_token
 from nextoken.nonfinite import dumps
 from nextoken.scaling.laws import CHINCHILLA, ParametricLaw
 from nextoken.scaling.shapes import FAMILY_ASPECT, RULE_REF_N, Family, count_params, family_ladder, shape_for_params
@@ -604,7 +605,18 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
         out = Path(out or Path(points_csv).with_suffix(".fit.json"))
         count = "given"
     vocab = model["vocab_size"] if model else None
+    note = None
+    if count == "eff" and model:
+        for p in points:  # sweeps from before N_eff was recorded: their shapes give it, where they give their N
+            if not p.get("params_eff") and all(k in p for k in ("n_layer", "n_head", "d_model")):
+                shape = dataclasses.replace(base.model, n_layer=p["n_layer"], n_head=p["n_head"], d_model=p["d_model"])
+                if param_counts(shape).non_embedding == p["params"]:
+                    p["params_eff"] = effective_params(shape)
+        if not all(p.get("params_eff") for p in points):
+            count, note = "non-embedding", "the sweep's runs do not record N_eff, so N is their non-embedding count"
     result = fit_points(points, bootstrap, vocab_size=vocab, count=count)
+    if note:
+        result["count_note"] = note
     result["flops_convention"] = "exact" if model else "6ND"
     if model:
         result["model"] = model
@@ -646,6 +658,8 @@ def format_fit(r: dict, law) -> str:
     lines = [f"{r['n_points']} runs; N counted as {COUNT_NAMES[count]}; approach 3, L(N, D) = E + A/N^alpha + "
              f"B/D^beta, Huber loss on log L, L-BFGS from a grid of starts"
              + (f" (90% bootstrap intervals, {a3['bootstrap']} resamples of the runs)" if ci else "") + ":"]
+    if r.get("count_note"):
+        lines.append(f"  ({r['count_note']})")
     lines += [f"  {k:<6} {show(k)}" for k in ("E", "A", "B", "alpha", "beta")]
     lines.append(f"  rms log residual {a3['rms_log_residual']:.4f};  N_opt ∝ C^{a3['a']:.3f}, D_opt ∝ C^{a3['b']:.3f}"
                  f"  (Chinchilla: alpha {ch['alpha']:.3f}, beta {ch['beta']:.3f}, a {ch['a']:.3f}, b {ch['b']:.3f})")

@@ -473,12 +473,7 @@ def collect_points(sweep_dir: str | Path) -> tuple[list[dict], Config]:
         result = finished_result(sweep_dir / name, spec["max_steps"])
         if result is not None:
             points.append({**spec, "loss": result["loss"], "bits_per_byte": result.get("bits_per_byte")})
-    base = config_from_dict(plan["base"])
-    for p in points:  # sweeps from before N_eff was recorded
-        if not p.get("params_eff"):
-            shape = dataclasses.replace(base.model, n_layer=p["n_layer"], n_head=p["n_head"], d_model=p["d_model"])
-            p["params_eff"] = effective_params(shape)
-    return points, base
+    return points, config_from_dict(plan["base"])
 
 
 def write_points(path: Path, points: list[dict]) -> None:
