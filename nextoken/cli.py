@@ -212,14 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", help="prepared data directory (default: the built-in stdlib corpus)")
     sw.add_argument("--out", required=True, help="sweep directory (rerun the same command to continue)")
     sw.add_argument("--budgets", type=_numbers, default=None,
-                    help="comma-separated FLOP budgets (default 1e11,3e11,1e12,3e12: 26 runs, about 16 minutes of "
-                    "one quiet CPU core; half that with --jobs 2)")
+                    help="comma-separated FLOP budgets (default 3e10,1e11,3e11,1e12,3e12: five budgets half a decade "
+                    "apart, about 35 runs)")
     sw.add_argument("--sizes", type=int, default=7, help="model sizes per budget (default 7)")
-    sw.add_argument("--spread", type=float, default=30.0,
-                    help="ratio of the largest to the smallest N in a budget (default 30)")
-    sw.add_argument("--tokens-per-param", type=float, default=150.0,
-                    help="centre each budget's sizes where D = this x N (default 150, measured on CPU budgets; "
-                    "Chinchilla's 20 holds at far larger ones)")
+    sw.add_argument("--spread", type=float, default=12.0,
+                    help="ratio of the largest to the smallest N_eff in a budget (default 12: 7 sizes ~1.5x apart)")
+    sw.add_argument("--tokens-per-param", type=float, default=60.0,
+                    help="without --around, centre each budget's sizes where D = this x N_eff (default 60, from CPU "
+                    "fits; docs/scaling.md)")
+    sw.add_argument("--around", metavar="FIT",
+                    help="centre each budget's sizes on the optimum of a previous fit (fit.json or its sweep)")
+    sw.add_argument("--schedule", choices=("cosine", "wsd"), default="cosine",
+                    help="cosine: one run per point; wsd: one constant-LR trunk per size with a cooldown branch per "
+                    "budget (only the cooled-down points count; about 25-40%% less compute)")
+    sw.add_argument("--rules", choices=("per-size", "fixed"), default="per-size",
+                    help="per-size: each size's LR, batch, warmup and beta2 from the rules of docs/scaling.md "
+                    "(default); fixed: the base config's for every size")
     sw.add_argument("--seeds", type=int, default=1,
                     help="runs per size with different seeds (default 1); the fit sees each size's scatter, which at "
                     "CPU budgets is about as large as the differences between neighbouring sizes")
@@ -259,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", help="fit.json path (default SWEEP/fit.json or next to the CSV)")
     ft.add_argument("--plot", help="PNG path (default beside fit.json: isoflop.png)")
     ft.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the intervals (0: none)")
+    ft.add_argument("--count", choices=("eff", "non-embedding"), default="eff",
+                    help="how a sweep's N is counted: eff, N_eff = training FLOPs per token / 6, so that C = 6ND "
+                    "exactly (default); non-embedding, Kaplan's N (the count before; docs/scaling.md)")
+    ft.add_argument("--backtest", action="store_true",
+                    help="also refit without the largest budget, predict its runs and print the error")
     ft.add_argument("--json", action="store_true")
     ft.set_defaults(handler=cmd_fit)
 
@@ -599,9 +612,14 @@ def cmd_sweep(args, extra) -> int:
     cfg = build_config(args.preset or "scaling", args.config, parse_overrides(extra))
     if args.data:
         cfg.data.path = args.data
+    around = None
+    if args.around:
+        from nextoken.scaling.fit import load_fit
+
+        around = load_fit(args.around)
     points = sweep(cfg, args.out, list(args.budgets or DEFAULT_BUDGETS), args.sizes, args.spread,
                    args.tokens_per_param, log=_err, dry_run=args.dry_run, jobs=args.jobs, seeds=args.seeds,
-                   dial=args.dial)
+                   dial=args.dial, rules=args.rules, schedule=args.schedule, around=around)
     if args.json:
         _print_json({"sweep": str(args.out), "points": points})
     elif not args.dry_run:
@@ -612,7 +630,7 @@ def cmd_sweep(args, extra) -> int:
 def cmd_fit(args, extra) -> int:
     from nextoken.scaling.fit import fit_run, format_fit
 
-    result, law = fit_run(args.sweep, args.points, args.bootstrap, args.out, args.plot)
+    result, law = fit_run(args.sweep, args.points, args.bootstrap, args.out, args.plot, args.count, args.backtest)
     if args.json:
         _print_json(result)
     else:

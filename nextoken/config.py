@@ -492,7 +492,7 @@ PRESETS = {"tiny": _tiny, "small": _small, "gpt2-124m": _gpt2_124m, "scaling": _
 
 def build_config(preset: str | None = None, file: str | None = None,
                  overrides: list[tuple[str, str]] | None = None) -> Config:
-    """The config of defaults < preset < `model.depth` dial < TOML file < flags. The dial (scaling/shapes.py:
+    """The config of defaults < preset < `model.depth` dial < TOML file < flags. The dial (model/dial.py:
     depth_dial) derives shape, learning rates, batch and steps when the file or a flag sets model.depth or
     model.aspect_ratio (a preset may use it too); any field the file or a flag sets itself keeps that value.
     Raises ConfigError (one line) for an unknown preset, field or value."""
@@ -518,7 +518,7 @@ def build_config(preset: str | None = None, file: str | None = None,
         # derived from the config as given (its vocabulary, positions, MLP...), then file and flags on top
         cfg = layers(_dial_of(cfg))
         if "model.d_model" in given and "model.n_head" not in given:  # heads follow a width set by hand
-            from nextoken.scaling.shapes import heads_for
+            from nextoken.model.dial import heads_for
 
             cfg.model.n_head = heads_for(cfg.model.d_model, cfg.model.pos)
     validate(cfg)
@@ -529,7 +529,7 @@ def _dial_of(cfg: Config):
     """What the depth dial derives from cfg.model.depth and aspect_ratio and the rest of cfg.model, the
     vocabulary counted as the data will fix it when model.vocab_size is 0 (data.vocab_size for BPE, 256
     otherwise). Raises ConfigError for a depth or aspect ratio out of range."""
-    from nextoken.scaling.shapes import depth_dial
+    from nextoken.model.dial import depth_dial
 
     m = cfg.model
     if not 1 <= m.depth <= 1000:
@@ -543,7 +543,7 @@ def _dial_of(cfg: Config):
 
 def apply_depth_dial(cfg: Config) -> None:
     """Replace the shape, learning rates, batch and steps of `cfg` by what the depth dial derives from
-    cfg.model.depth and aspect_ratio (scaling/shapes.py: depth_dial); model.vocab_size stays as it was. Raises
+    cfg.model.depth and aspect_ratio (model/dial.py: depth_dial); model.vocab_size stays as it was. Raises
     ConfigError for a depth or aspect ratio out of range."""
     _dial_of(cfg).apply(cfg)
 

@@ -282,7 +282,7 @@ def test_sweep_notes_a_diverged_run_and_prints_strict_json(bytes_data, tmp_path,
     monkeypatch.setattr(loop, "train", fake_train)
     code, out, err = run_cli(["sweep", "--data", bytes_data, "--out", tmp_path / "sw", "--budgets", "4e8",
                               "--sizes", "3", "--spread", "6", "--tokens-per-param", "1", "--model.block_size", "32",
-                              "--train.batch_size", "4", "--json"], capsys)
+                              "--train.batch_size", "4", "--rules", "fixed", "--json"], capsys)
     assert code == 0, err
     points = strict_loads(out)["points"]
     assert [p["loss"] for p in points].count("Infinity") == 1

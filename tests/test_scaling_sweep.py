@@ -18,7 +18,7 @@ from nextoken.scaling.sweep import collect_points, plan_sweep, read_plan, run_co
 
 SWEEP_ARGS = ["--budgets", "4e8,1e9", "--sizes", "3", "--spread", "6", "--tokens-per-param", "1",
               "--model.block_size", "32", "--train.batch_size", "4", "--train.eval_tokens", "2048",
-              "--train.threads", "1"]
+              "--train.threads", "1", "--rules", "fixed"]
 
 
 def _metrics(run_dir):
@@ -93,7 +93,8 @@ def test_sweep_resumes_a_partial_run_and_restarts_a_dead_one(tmp_path_factory, m
     monkeypatch.setattr(loop, "train", lambda cfg, run_dir, resume=False, quiet=False: (
         calls.append((run_dir.name, resume)) or real_train(cfg, run_dir, resume=resume, quiet=quiet)))
     budgets = sorted({p["budget"] for p in points})
-    again = sweep(base, out, budgets, sizes=3, spread=6, tokens_per_param=1, log=lambda m: None)
+    again = sweep(base, out, budgets, sizes=3, spread=6, tokens_per_param=1, log=lambda m: None,
+                  rules="fixed")
     assert sorted(calls) == sorted([(partial["name"], True), (dead["name"], False)])
     by_name = {p["name"]: p for p in again}
     assert by_name[partial["name"]]["loss"] == pytest.approx(partial["loss"], rel=1e-5)  # same weights
@@ -114,7 +115,7 @@ def test_fit_and_plan_on_the_sweep(tmp_path_factory, capsys):
     assert {"params", "tokens", "flops", "loss", "tokens_per_param", "shape"} <= set(plan)
     shape = plan["shape"]
     assert shape["vocab_size"] == 257 and shape["block_size"] == 32
-    assert plan["params"] == shape["params_non_embedding"]
+    assert plan["count"] == "eff" and plan["params"] == pytest.approx(shape["params_eff"])  # N_eff by default
     assert plan["tokens"] * shape["flops_per_token"] == pytest.approx(8e9, rel=1e-6)
     assert math.isfinite(plan["loss"])
     assert plan["loss"] == plan["loss_parametric"] and "loss_minima" in plan  # approach 3 leads (docs/LOG.md)

@@ -65,6 +65,15 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> fl
     return 3.0 * sum(forward_flops_per_token(cfg, seq_len).values())
 
 
+def effective_params(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """N_eff, the parameter count that makes C = 6·N_eff·D exact: the training FLOPs per token over 6. Unlike the
+    non-embedding N of Kaplan et al. (2020, §2.1) it counts the output layer and attention's score and value
+    products, which at small widths are a large and size-dependent share of the compute; counting them is what
+    reconciles Kaplan's and Chinchilla's exponents (Pearce & Song 2024, §3; Porian et al. 2024, §3.1). The N of
+    `nextoken sweep`, `fit` and `plan` by default (docs/scaling.md)."""
+    return training_flops_per_token(cfg, seq_len) / 6.0
+
+
 def training_flops(cfg: ModelConfig, tokens: float, seq_len: int | None = None) -> float:
     """Training FLOPs of `tokens` tokens (exact count, forward and backward)."""
     return training_flops_per_token(cfg, seq_len) * tokens

@@ -4,10 +4,7 @@ and what the allocation costs against the optimum; a loss, a model shape and a t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -15,96 +12,14 @@ from nextoken.config import ModelConfig
 from nextoken.errors import NextokenError
 from nextoken.hardware import PEAK_BF16, gpu_peak_bf16
 from nextoken.model.counting import flops_6nd, param_counts, training_flops_per_token
-from nextoken.scaling.laws import ParametricLaw, get_law
-from nextoken.scaling.shapes import describe, dial_shape_for_params, shape_for_params
-
-
-@dataclass(frozen=True)
-class FittedLaw:
-    """A law fitted by `nextoken fit`. When it comes from a sweep, its budgets were counted exactly
-    (training_flops_per_token of each model), so it allocates C over nextoken shapes of the sweep's
-    vocabulary and context, not by 6ND."""
-
-    law: ParametricLaw
-    base: ModelConfig | None
-    path: str
-    frontier: tuple[float, float, float] | None = None  # (E, kL, gamma): L_opt(C) = E + kL * C^-gamma
-    train_tokens: int | None = None  # the sweep's train split: a plan past one pass over it is warned about
-    train: dict | None = None  # a sweep run's config.toml, tokens per step, base warmup: how the sweep trained
-
-    def optimal_loss(self, C: float) -> float | None:
-        """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
-        (fit.fit_frontier), or None where the fit has fewer than 3 of them. `plan --fit` prints it beside
-        its prediction, approach 3's L(N, D) of the planned model: checked at 4x the largest budget of
-        sweeps with 3+ budgets, this law missed by -3.0, -3.7, -3.7 and -0.3%, approach 3 by -2.3, -0.8,
-        -0.9 and +1.4% (docs/LOG.md, "on twice the data" and "a GPU at last"). It predicts the ideal
-        model's loss, which the planned shape need not reach, from a handful of parabola minima."""
-        if self.frontier is None:
-            return None
-        E, kL, gamma = self.frontier
-        return E + kL * C**-gamma
-
-    @property
-    def name(self) -> str:
-        return f"fit:{self.path}"
-
-    def loss(self, N, D):
-        return self.law.loss(N, D)
-
-    def optimal(self, C: float) -> tuple[float, float]:
-        if self.base is None:
-            return self.law.optimal(C)
-        cfg = self.optimal_shape(C)
-        return param_counts_n(cfg), C / training_flops_per_token(cfg)
-
-    def optimal_shape(self, C: float) -> ModelConfig:
-        """The shape minimizing the predicted loss at C, each shape trained for C / its FLOPs per token:
-        a search over 4 decades of N around the 6ND optimum, which embeddings and attention move."""
-        N0, _ = self.law.optimal(C)
-        best = None
-        for n in np.exp(np.linspace(math.log(N0 / 100), math.log(N0 * 100), 321)):
-            cfg = shape_for_params(n, self.base)
-            loss = self.law.loss(param_counts_n(cfg), C / training_flops_per_token(cfg))
-            if best is None or loss < best[0]:
-                best = (loss, cfg)
-        return best[1]
+from nextoken.scaling.fit import COUNT_NAMES, PI_LEVEL, FittedLaw, format_ratios, load_fit, ratios  # noqa: F401  (FittedLaw and load_fit are plan's public names too)
+from nextoken.scaling.laws import get_law
+from nextoken.scaling.shapes import describe, dial_shape_for_params, family_shape, shape_for_params, size_rules
+from nextoken.scaling.sweep import run_schedule
 
 
 def param_counts_n(cfg: ModelConfig) -> int:
     return param_counts(cfg).non_embedding
-
-
-def load_fit(path: str | Path) -> FittedLaw:
-    """A fit.json written by `nextoken fit` (or the sweep directory holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "fit.json"
-    if not p.is_file():
-        raise NextokenError(f"--fit {path}: no fit.json there; run `nextoken fit SWEEP` first")
-    try:
-        data = json.loads(p.read_text())
-        law = ParametricLaw(f"fit:{p}", *(float(data[k]) for k in ("E", "A", "B", "alpha", "beta")))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise NextokenError(f"--fit {p} is not a fit.json written by `nextoken fit` ({type(e).__name__}: {e}); "
-                            "fit again") from None
-    if not all(math.isfinite(v) and v > 0 for v in (law.A, law.B, law.alpha, law.beta)) or not math.isfinite(law.E):
-        raise NextokenError(f"--fit {p} holds non-finite or non-positive constants; fit again")
-    fr = data.get("frontier")
-    frontier = None
-    if isinstance(fr, dict) and all(isinstance(fr.get(k), int | float) for k in ("E", "kL", "gamma")):
-        frontier = (float(fr["E"]), float(fr["kL"]), float(fr["gamma"]))
-    base = None
-    if isinstance(data.get("model"), dict):
-        base = ModelConfig()
-        for k, v in data["model"].items():
-            if hasattr(base, k):
-                setattr(base, k, v)
-    train_tokens = data.get("train_tokens") if isinstance(data.get("train_tokens"), int) else None
-    train = data.get("train")
-    if not (isinstance(train, dict) and isinstance(train.get("config"), str)
-            and isinstance(train.get("tokens_per_step"), int) and isinstance(train.get("warmup_steps"), int)):
-        train = None
-    return FittedLaw(law, base, str(p), frontier, train_tokens, train)
 
 
 def _check(name: str, value: float | None) -> None:
@@ -144,6 +59,14 @@ def device_peak(device: str) -> float:
 AGREE = 0.05
 
 
+def _shape_of(law, N: float, base: ModelConfig) -> ModelConfig:
+    """The fitted law's shape for N counted its way: its sweep's family where it has one (N_eff), else
+    shapes.shape_for_params (non-embedding N)."""
+    if isinstance(law, FittedLaw) and law.family is not None and law.count == "eff":
+        return family_shape(N, base, law.family)
+    return shape_for_params(N, base)
+
+
 def _shape_for_flops_per_token(target: float, base: ModelConfig) -> ModelConfig:
     """The nextoken shape of `base`'s vocabulary and context whose exact training FLOPs per token are nearest
     `target`: a search over 8 decades of N around target / 6 (embeddings, logits and attention move it). Shapes
@@ -176,9 +99,9 @@ def _two_given(law, exact: bool, base: ModelConfig, C: float | None, N: float | 
         else:
             D = C / (6 * N)
         return N, D, C, dial_shape_for_params(N, base)
-    cfg = shape_for_params(N, base) if N is not None else _shape_for_flops_per_token(C / D, base)
+    cfg = _shape_of(law, N, base) if N is not None else _shape_for_flops_per_token(C / D, base)
     fpt = training_flops_per_token(cfg)
-    N = param_counts_n(cfg)
+    N = law.n_of(cfg)
     if C is None:
         C = D * fpt
     else:
@@ -231,10 +154,11 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
         if exact and params is None:
             cfg = law.optimal_shape(C)
         else:
-            shape_of = shape_for_params if exact else dial_shape_for_params  # a published law: the depth dial's
-            cfg = shape_of(params if params is not None else law.optimal(C)[0], shape_base)
+            n = params if params is not None else law.optimal(C)[0]
+            # a published law: the depth dial's shape
+            cfg = _shape_of(law, n, shape_base) if exact else dial_shape_for_params(n, shape_base)
         if exact:  # the shape is the model: its own N, trained for C / its FLOPs per token
-            N = param_counts_n(cfg)
+            N = law.n_of(cfg)
             D = tokens if tokens is not None else C / training_flops_per_token(cfg)
             C = D * training_flops_per_token(cfg)
         else:
@@ -265,16 +189,14 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
     }
     if isinstance(law, FittedLaw) and law.train_tokens:
         out["train_tokens"], out["data_passes"] = law.train_tokens, float(D / law.train_tokens)
+    if isinstance(law, FittedLaw):
+        out["count"] = law.count
+        out["ratios"] = ratios(D, N, _other_count(law, cfg) if exact else None, law.bytes_per_token)
+        out["optimal"]["ratios"] = ratios(D_opt, N_opt, None, law.bytes_per_token)
+        out["interval"] = law.interval(N, D)
+        out["red_flags"] = list(law.red_flags)
     if isinstance(law, FittedLaw) and law.train and exact:
-        from nextoken.scaling.sweep import run_schedule
-
-        tps = law.train["tokens_per_step"]
-        steps = max(1, round(D / tps))
-        warmup, ckpt_every = run_schedule(law.train["warmup_steps"], steps)
-        out.update(steps=steps, tokens_per_step=tps, train_command=(
-            f"nextoken train --config {law.train['config']} --out RUN --model.n_layer {cfg.n_layer} "
-            f"--model.n_head {cfg.n_head} --model.d_model {cfg.d_model} --train.max_steps {steps} "
-            f"--optim.warmup_steps {warmup} --train.ckpt_every {ckpt_every}"))
+        out.update(_train_command(law, cfg, D))
     if tokens_per_s is not None:
         out["time_s"], out["time_basis"] = D / tokens_per_s, f"at {tokens_per_s:g} tokens/s"
     elif device is not None:
@@ -283,20 +205,65 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
     return out
 
 
+def _other_count(law: FittedLaw, cfg: ModelConfig) -> float | None:
+    """The shape's N under the count the fit did not use (tokens per parameter are reported both ways)."""
+    if law.count == "eff":
+        return float(param_counts_n(cfg))
+    if law.count == "non-embedding":
+        return float(training_flops_per_token(cfg) / 6)
+    return None
+
+
+def _train_command(law: FittedLaw, cfg: ModelConfig, D: float) -> dict:
+    """The `nextoken train` command that trains the planned shape as the sweep trained its runs: the sweep's
+    config, this shape, and, for a sweep with per-size rules, this shape's (shapes.size_rules)."""
+    flags = (f"--model.n_layer {cfg.n_layer} --model.n_head {cfg.n_head} --model.d_model {cfg.d_model}")
+    if law.train.get("rules") == "per-size":
+        r = size_rules(cfg, law.train.get("lr_at_ref"))  # the LR constant its sweep ran with
+        tps = r.batch_size * r.grad_accum * cfg.block_size
+        steps = max(1, round(D / tps))
+        warmup, ckpt_every = run_schedule(r.warmup_steps, steps)
+        flags += (f" --optim.lr {r.lr:.6g} --optim.muon_lr {r.muon_lr:.6g} --optim.beta2 {r.beta2} "
+                  f"--train.batch_size {r.batch_size} --train.grad_accum {r.grad_accum}")
+    else:
+        tps = law.train["tokens_per_step"]
+        steps = max(1, round(D / tps))
+        warmup, ckpt_every = run_schedule(law.train["warmup_steps"], steps)
+    # a wsd sweep's points are its cooled-down branches: one run cooled down at its end is the same schedule
+    schedule = f" --optim.schedule {law.train['schedule']}" if law.train.get("schedule", "cosine") != "cosine" else ""
+    return {"steps": steps, "tokens_per_step": tps, "train_command": (
+        f"nextoken train --config {law.train['config']} --out RUN {flags} --train.max_steps {steps} "
+        f"--optim.warmup_steps {warmup} --train.ckpt_every {ckpt_every}{schedule}")}
+
+
 def format_plan(res: dict) -> str:
     """The human text of a `plan` result (what `nextoken plan` prints on stderr), one fact a line."""
     s, opt = res["shape"], res["optimal"]
     allocated = len(res.get("given", ())) >= 2  # an allocation as given, not the optimum: compare the two
     minima = (f"; the IsoFLOP minima's law says {res['loss_minima']:.4f}" if res["loss_minima"] is not None else "")
+    count = res.get("count")
+    flags = res.get("red_flags") or []
+    per = (format_ratios(res["ratios"], count) if "ratios" in res else f"{res['tokens_per_param']:.1f} tokens per "
+           "parameter")
+    iv = res.get("interval")
+    if flags:  # no interval that looks like a measurement: the fit itself is in doubt
+        loss = (f"loss        ~{res['loss']:.3f} nats/token: a guess, not a prediction; the fit shows "
+                f"{len(flags)} red flag(s) (below)" + (f", and its {PI_LEVEL}% interval [{iv[0]:.3f}, {iv[1]:.3f}] "
+                                                      "assumes a law it cannot vouch for" if iv else ""))
+    else:
+        loss = (f"loss        {res['loss']:.4f} nats/token (predicted"
+                + (f", {PI_LEVEL}% prediction interval [{iv[0]:.4f}, {iv[1]:.4f}] from the bootstrap over runs"
+                   if iv else "")
+                + (": approach 3's L(N, D) of this model" + ("" if allocated else minima) if minima else "") + ")")
     lines = [
         f"law         {res['law']}  (budget by {res['flops_convention']})",
         f"compute     {res['flops']:.3e} FLOPs",
-        f"params N    {res['params']:.4g}",
-        f"tokens D    {res['tokens']:.4g}   ({res['tokens_per_param']:.1f} tokens per parameter"
+        f"params N    {res['params']:.4g}" + (f"  ({COUNT_NAMES[count]})" if count else ""),
+        f"tokens D    {res['tokens']:.4g}   ({per}"
         + (f"; compute-optimal at this budget: {opt['tokens_per_param']:.1f})" if allocated else ")"),
-        f"loss        {res['loss']:.4f} nats/token (predicted"
-        + (": approach 3's L(N, D) of this model" + ("" if allocated else minima) if minima else "") + ")",
+        loss,
     ]
+    lines += [f"RED FLAG    {f}" for f in flags]
     if allocated:
         lines.append(f"optimal     at the same compute: N {opt['params']:.4g}, D {opt['tokens']:.4g} "
                      f"({opt['tokens_per_param']:.1f} tokens per parameter), loss {opt['loss']:.4f}" + minima)
@@ -325,12 +292,31 @@ def format_plan(res: dict) -> str:
         lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
                      "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
                      "expect a higher loss than predicted, or prepare more data")
+    lines += _ratio_notes(res)
     if "train_command" in res:
         lines.append(f"train       {res['steps']:,} steps of the sweep's {res['tokens_per_step']:,} tokens, trained as "
                      f"its runs were:\n            {res['train_command']}")
     if "time_s" in res:
         lines.append(f"time        {_duration(res['time_s'])} {res['time_basis']}")
     return "\n".join(lines)
+
+
+def _ratio_notes(res: dict) -> list[str]:
+    """Why the tokens per parameter shown here need not be Chinchilla's 20 (docs/scaling.md)."""
+    tpp = res["tokens_per_param"]
+    if res["law"] == "chinchilla":
+        return [f"note        {tpp:.0f} tokens per parameter, not the ~20 taught: 20 is Chinchilla's approach 1 "
+                "(Table 3, `--law chinchilla-table3`); the published approach-3 constants make D/N grow as "
+                "C^(b-a) = C^0.09 (about 59 at Chinchilla's own 5.8e23 FLOPs), which "
+                "Besiroglu et al. 2024 trace to the fit (L-BFGS stopped early, rounded constants); their refit, "
+                "`--law epoch`, gives 18-26 over 1e18-1e24 FLOPs"]
+    if not res["law"].startswith("fit:") or "ratios" not in res:
+        return []
+    r = res["ratios"]
+    bpe = f"{r['bpe_tokens_per_param']:.0f} per BPE-token equivalent" if "bpe_tokens_per_param" in r else ""
+    return ["note        Chinchilla's ~20 tokens per parameter is for subword tokens, non-embedding N and 1e18-1e24 "
+            "FLOPs; at tiny budgets the optimal ratio is larger (Porian et al. 2024; Pearce & Song 2024)"
+            + (f", and {bpe} here" if bpe else "") + " (docs/scaling.md)"]
 
 
 def _duration(s: float) -> str:

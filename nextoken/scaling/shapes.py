@@ -1,5 +1,6 @@
 """Model shapes: the one place nextoken turns a size (a parameter count N, or the depth dial) into layers, width,
-heads and context, and the depth dial's whole run (shape, learning rates, batch, token budget)."""
+heads and context; the smooth family that sweeps train, and the per-size training rules (LR, batch, warmup, beta2)
+each a named function with its source (docs/scaling.md). The depth dial itself lives in model/dial.py."""
 
 from __future__ import annotations
 
@@ -7,14 +8,30 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from nextoken.config import Config, ModelConfig
-from nextoken.model.counting import param_counts, training_flops_per_token
+from nextoken.config import ModelConfig
+from nextoken.model.counting import effective_params, param_counts, training_flops_per_token
+from nextoken.model.dial import (  # noqa: F401  (the dial's names, re-exported: scaling code shapes by it too)
+    DIAL_TOKENS_PER_PARAM,
+    HEAD_SIZE,
+    MAX_CONTEXT,
+    MAX_MICRO_BATCH,
+    MUON_LR,
+    WIDE_HEAD_SIZE,
+    DialRun,
+    _heads,
+    deepseek_batch_tokens,
+    deepseek_lr,
+    depth_dial,
+    depth_for_params,
+    dial_shape,
+    dial_shape_for_params,
+    heads_for,
+)
 
 ASPECT = 64  # d_model / n_layer
 # A one-layer transformer cannot compose attention heads (no induction heads; Olsson et al. 2022), and its loss
 # lies on another curve: a law fitted on 1-layer CPU sweeps under-predicted a 2-layer model by 6% (docs/LOG.md).
 MIN_LAYERS = 2
-HEAD_SIZE = 64
 WIDTH_STEP = 16
 
 
@@ -54,16 +71,16 @@ def shape_for_params(n_params: float, base: ModelConfig | None = None) -> ModelC
     return best[1]
 
 
-def heads_for(d_model: int, pos: str) -> int:
-    """The dial's head count for a width: heads 64 wide (128 from d_model 2048), a divisor of d_model."""
-    return _heads(d_model, pos, WIDE_HEAD_SIZE if d_model >= 2048 else HEAD_SIZE)
+COUNTS = ("eff", "non-embedding")  # how a fit counts N: N_eff (default) or Kaplan's non-embedding N
 
 
-def _heads(d_model: int, pos: str, head_size: int = HEAD_SIZE) -> int:
-    n_head = max(1, round(d_model / head_size))
-    while n_head > 1 and (d_model % n_head or (pos == "rope" and (d_model // n_head) % 2)):
-        n_head -= 1
-    return n_head
+def count_params(cfg: ModelConfig, count: str = "eff") -> float:
+    """The N a fit counts for `cfg`: N_eff = training FLOPs per token / 6 (model/counting.py: effective_params;
+    Porian et al. 2024, Pearce & Song 2024), or the non-embedding parameters (Kaplan et al. 2020, §2.1)."""
+    if count == "eff":
+        return effective_params(cfg)
+    assert count == "non-embedding", count
+    return float(param_counts(cfg).non_embedding)
 
 
 def describe(cfg: ModelConfig) -> dict:
@@ -71,110 +88,160 @@ def describe(cfg: ModelConfig) -> dict:
     counts = param_counts(cfg)
     return {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "d_model": cfg.d_model, "block_size": cfg.block_size,
             "vocab_size": cfg.vocab_size, "params_non_embedding": counts.non_embedding, "params_total": counts.total,
-            "flops_per_token": training_flops_per_token(cfg)}
+            "params_eff": effective_params(cfg), "flops_per_token": training_flops_per_token(cfg)}
 
 
-# ---- the depth dial ---------------------------------------------------------------------------------
-
-WIDE_HEAD_SIZE = 128  # from d_model 2048 on: GPT-3's 2.7B and up, Llama's
-MAX_CONTEXT = 8192  # pretraining contexts stop about here (Llama 3's 8K; longer ones come from a later phase)
-MUON_LR = 0.02  # Muon's learning rate for hidden matrices (Jordan et al. 2024; nanochat's matrix LR)
-MAX_MICRO_BATCH = 32  # sequences per micro-batch; more go to gradient accumulation
-DIAL_TOKENS_PER_PARAM = 20.0  # Chinchilla's ratio (Hoffmann et al. 2022, Table 3)
 
 
-def dial_shape(depth: int, base: ModelConfig, context: bool = True) -> ModelConfig:
-    """The model of the depth dial: `depth` blocks, d_model = base.aspect_ratio x depth, heads 64 wide (128 from
-    d_model 2048: GPT-3 2.7B+, Llama), context the power of two nearest d_model within [64, MAX_CONTEXT] when
-    `context` (else base's). The context rule keeps attention's share of the FLOPs per token near constant: its
-    score and value products cost 4·n_layer·n_ctx·d_model against the weights' 24·n_layer·d_model² (Kaplan et al.
-    2020, Table 1), a ratio n_ctx / (6·d_model) that stays at 1/6 as the dial turns; it gives GPT-2 small's 1024 at
-    depth 12. A width of 4 heads or more is rounded to whole heads. Everything else (vocabulary, norms, MLP,
-    positions) comes from `base`. Raises ValueError for depth < 1."""
-    if depth < 1:
-        raise ValueError(f"the depth dial needs depth >= 1, got {depth}")
-    d_model = base.aspect_ratio * depth
-    head = WIDE_HEAD_SIZE if d_model >= 2048 else HEAD_SIZE
-    if d_model >= 4 * head:  # whole heads (narrower models keep aspect x depth and take a divisor as heads)
-        d_model = round(d_model / head) * head
-    block = base.block_size
-    if context:
-        block = int(min(MAX_CONTEXT, max(64, 2 ** round(math.log2(d_model)))))
-    return dataclasses.replace(base, depth=depth, n_layer=depth, d_model=d_model,
-                               n_head=heads_for(d_model, base.pos), block_size=block)
+# ---- the smooth family of a sweep -------------------------------------------------------------------
 
-
-def depth_for_params(n_params: float, base: ModelConfig) -> int:
-    """The dial depth whose model (of base's aspect ratio) has the non-embedding parameter count nearest
-    `n_params` in log terms. Raises ValueError for a count that is not positive."""
-    if not n_params > 0:
-        raise ValueError(f"a parameter count must be positive, got {n_params}")
-    per_layer = param_counts(dataclasses.replace(base, n_layer=1, d_model=base.aspect_ratio)).non_embedding
-    guess = max(1, round((n_params / per_layer) ** (1 / 3)))  # N ≈ per_layer(aspect) · depth³
-    best = min(range(max(1, guess - 2), guess + 3),
-               key=lambda d: abs(math.log(param_counts(dial_shape(d, base, context=False)).non_embedding / n_params)))
-    return best
-
-
-def dial_shape_for_params(n_params: float, base: ModelConfig) -> ModelConfig:
-    """`dial_shape` at the depth nearest `n_params` non-embedding parameters: what `plan` proposes."""
-    return dial_shape(depth_for_params(n_params, base), base)
-
-
-def deepseek_batch_tokens(flops: float) -> float:
-    """Tokens per optimizer step near the optimum for a run of `flops`: B_opt = 0.2920 · C^0.3271 (DeepSeek-AI
-    2024, "DeepSeek LLM", §3.1, eq. 1; fitted on 1e17-3e20 FLOPs)."""
-    return 0.2920 * flops ** 0.3271
-
-
-def deepseek_lr(flops: float) -> float:
-    """AdamW peak learning rate near the optimum for a run of `flops`: η_opt = 0.3118 · C^-0.1250 (DeepSeek-AI
-    2024, "DeepSeek LLM", §3.1, eq. 1)."""
-    return 0.3118 * flops ** -0.1250
+FAMILY_ASPECT = 16  # d_model / n_layer the family grows along (below MIN_LAYERS x this, only the width grows)
+FAMILY_BAND = 2.0  # the aspect ratio stays within a factor this of FAMILY_ASPECT
+MAX_STEP = 1.5  # neighbouring sizes at most this far apart in N_eff (docs/scaling.md)
+MIN_FAMILY_HEADS = 4  # heads of the smallest model a head width is chosen for (family_head_size)
 
 
 @dataclass(frozen=True)
-class DialRun:
-    """What the depth dial derives; `apply` writes it into a Config (whose model.vocab_size stays: 0 means the
-    data fixes it)."""
-    model: ModelConfig
-    params: int  # non-embedding N
-    tokens: int  # D, the token budget: steps x tokens per step
-    flops: float  # D x the model's exact training FLOPs per token
-    lr: float  # AdamW's peak (with optim.name muon: the embeddings', output layer's, norms')
-    muon_lr: float
-    batch_size: int  # sequences per micro-batch
-    grad_accum: int
-    max_steps: int
+class Family:
+    """A smooth model family: every shape has heads `head_size` wide, and depth and width grow together along
+    d_model ≈ aspect · n_layer (Kaplan et al. 2020, §3.1: the loss is flat in the aspect ratio over a wide range,
+    so holding it fixed removes a source of scatter between sizes rather than choosing a better shape)."""
 
-    def apply(self, cfg: Config) -> None:
-        cfg.model = dataclasses.replace(self.model, vocab_size=cfg.model.vocab_size)
-        cfg.optim.lr, cfg.optim.muon_lr = self.lr, self.muon_lr
-        cfg.train.batch_size, cfg.train.grad_accum, cfg.train.max_steps = (self.batch_size, self.grad_accum,
-                                                                          self.max_steps)
+    head_size: int
+    aspect: int = FAMILY_ASPECT
+
+    def to_dict(self) -> dict:
+        return {"head_size": self.head_size, "aspect": self.aspect}
 
 
-def depth_dial(depth: int, base: ModelConfig, tokens_per_param: float = DIAL_TOKENS_PER_PARAM) -> DialRun:
-    """A whole run from one number, nanochat's `--depth` idea with nextoken's sources for each part:
+def family_head_size(n_eff_min: float, aspect: int = FAMILY_ASPECT) -> int:
+    """The head width of a sweep's family: the largest power of two (4 to 128) at which the model of `n_eff_min`,
+    the sweep's smallest, still has MIN_FAMILY_HEADS heads, so that one more head is a step of at most ~1.5x in N
+    from there up. N ≈ 12·n_layer·d² with n_layer = d / aspect gives d ≈ (N·aspect / 12)^(1/3). Fixed for the
+    whole sweep and written into its fit, so that `plan --fit` shapes its extrapolation from the same family."""
+    d = (n_eff_min * aspect / 12) ** (1 / 3)
+    return int(min(128, max(4, 2 ** math.floor(math.log2(d / MIN_FAMILY_HEADS)))))
 
-    - shape: `dial_shape` (d_model = aspect_ratio x depth, 64-wide heads, context near d_model);
-    - token budget: D = tokens_per_param x N, N the non-embedding parameters (Chinchilla's 20 by default;
-      docs/dial.md compares it with the project's own fitted law);
-    - compute C = D x the exact training FLOPs per token (model/counting.py);
-    - batch: B_opt(C) tokens a step, rounded to a power of two of sequences, at most MAX_MICRO_BATCH a
-      micro-batch and the rest accumulated; AdamW's LR: η_opt(C) (both DeepSeek LLM's fits, §3.1);
-    - Muon's LR: MUON_LR at every depth (its update is orthogonalized, so its size does not grow with width);
-    - steps: D / tokens per step.
 
-    Raises ValueError for depth < 1 or a non-positive tokens_per_param."""
-    if not tokens_per_param > 0:
-        raise ValueError(f"tokens per parameter must be positive, got {tokens_per_param}")
-    model = dial_shape(depth, base)
-    n = param_counts(model).non_embedding
-    fpt = training_flops_per_token(model)
-    flops = tokens_per_param * n * fpt  # the budget's C, from which batch and LR follow
-    seqs = max(1, 2 ** round(math.log2(max(1.0, deepseek_batch_tokens(flops) / model.block_size))))
+def family_ladder(base: ModelConfig, family: Family, n_eff_max: float) -> list[ModelConfig]:
+    """The family's shapes in order of size, from MIN_LAYERS x one head up to past `n_eff_max` N_eff. Each step
+    widens by one head, deepens by one layer, or both: among the steps that keep d_model / n_layer within
+    FAMILY_BAND of the aspect, the one nearest the aspect of those at most MAX_STEP larger in N_eff (else the
+    smallest). Depth and width never shrink along the ladder, and neighbours are at most MAX_STEP apart from
+    about 4 heads up (below, one more head is a bigger step; docs/scaling.md)."""
+    h, a = family.head_size, family.aspect
+
+    def shape(n_layer: int, d: int) -> ModelConfig:
+        return dataclasses.replace(base, depth=0, n_layer=n_layer, d_model=d, n_head=d // h)
+
+    L, d = MIN_LAYERS, h
+    ladder = [shape(L, d)]
+    while effective_params(ladder[-1]) < n_eff_max * MAX_STEP:
+        n0 = effective_params(ladder[-1])
+        moves = [(L, d + h), (L + 1, d), (L + 1, d + h)]
+        if d < a * MIN_LAYERS:  # below the aspect line at the minimum depth: only the width grows
+            moves = [(L, d + h)]
+        off = {m: abs(math.log(m[1] / m[0] / a)) for m in moves}
+        moves = [m for m in moves if off[m] <= math.log(FAMILY_BAND)] or [min(moves, key=off.get)]
+        sized = [(effective_params(shape(*m)) / n0, m) for m in moves]
+        small = [(off[m], m) for r, m in sized if r <= MAX_STEP]
+        L, d = min(small)[1] if small else min(sized)[1]
+        ladder.append(shape(L, d))
+    return ladder
+
+
+def family_shape(n_eff: float, base: ModelConfig, family: Family) -> ModelConfig:
+    """The family's shape nearest `n_eff` (the N_eff of model/counting.py) in log terms."""
+    if not n_eff > 0:
+        raise ValueError(f"a parameter count must be positive, got {n_eff}")
+    ladder = family_ladder(base, family, n_eff)
+    return min(ladder, key=lambda m: abs(math.log(effective_params(m) / n_eff)))
+
+
+# ---- per-size training rules ------------------------------------------------------------------------
+# Porian et al. 2024 ("Resolving Discrepancies in Compute-Optimal Scaling of Language Models", §3.3-3.4) tune
+# the learning rate and batch per model size and fit eta*(N) ∝ N^-1/3, B*(N) ∝ N^2/3 at their reference size of
+# 108M parameters; OLMo-core's model ladder codes exactly these (lr = 0.0047·(N/108M)^-1/3, 160 sequences of 2048
+# tokens x (N/108M)^2/3, warmup N tokens). The exponents are theirs; the LR constant is ours, fitted on a small
+# LR sweep at three sizes (bench/lr_sweep.py, docs/scaling.md), because their constant extrapolated from 1e7+
+# parameters to our 1e4-1e6 gives AdamW learning rates above 0.05.
+
+RULE_REF_N = 108e6  # the reference size of Porian et al.'s fits, OLMo-core's ladder
+RULE_REF_BATCH_TOKENS = 160 * 2048
+LR_AT_REF = 0.0047  # Porian et al. 2024 (their AdamW fit); `nextoken sweep` uses LR_FITTED
+# Our LR sweep (bench/lr_sweep.py: 26 runs at N_eff 7.7k, 18k, 49k, byte-level stdlib, 20 tokens per N_eff, one
+# seed): eta* 0.020, 0.015, 0.030, i.e. 0.0012 at 108M under the -1/3 exponent; the profiles are flat and noisy
+# (single seeds scatter by up to 0.1 nats), so the constant is known to about a factor 2 (docs/scaling.md)
+LR_FITTED = 0.0012
+MUON_LR_AT_TINY = 0.04  # Muon's best of three on the `tiny` preset (docs/LOG.md, "the default run, retuned")
+TINY_N_EFF = 1.2e6  # about the N_eff of the `tiny` preset (4 x 128, BPE-4096, context 128)
+SMALL_BATCH_TOKENS = 128 * 2048  # below this, AdamW's beta2 = 0.99 (Porian et al. 2024, §3.4)
+
+
+def lr_for(n_eff: float, at_ref: float | None = None) -> float:
+    """AdamW's peak learning rate for a model of `n_eff`: at_ref · (N / 108M)^(-1/3) (Porian et al. 2024, §3.3;
+    OLMo-core's ladder). The optimum also falls slowly with the horizon (Bjorck et al. 2025); a sweep's budgets
+    differ by ~10x per size, so one rate per size is kept and the horizon effect is left in the scatter."""
+    return (at_ref if at_ref is not None else LR_FITTED) * (n_eff / RULE_REF_N) ** (-1 / 3)
+
+
+def muon_lr_for(n_eff: float) -> float:
+    """Muon's peak learning rate for a model of `n_eff`: MUON_LR_AT_TINY at the tiny preset's size, scaled by the
+    same N^(-1/3) as AdamW's (OLMo-core's ladder scales its Muon LR by Porian et al.'s AdamW rule)."""
+    return MUON_LR_AT_TINY * (n_eff / TINY_N_EFF) ** (-1 / 3)
+
+
+def batch_tokens_for(n_eff: float) -> float:
+    """Tokens per optimizer step for a model of `n_eff`: 160 x 2048 x (N / 108M)^(2/3) (Porian et al. 2024, §3.3,
+    as OLMo-core's ladder codes it)."""
+    return RULE_REF_BATCH_TOKENS * (n_eff / RULE_REF_N) ** (2 / 3)
+
+
+def batch_for(n_eff: float, block_size: int) -> tuple[int, int]:
+    """(sequences per micro-batch, micro-batches per step): batch_tokens_for in sequences of `block_size`,
+    rounded to a power of two (at least 1), at most MAX_MICRO_BATCH a micro-batch and the rest accumulated."""
+    seqs = max(1, 2 ** round(math.log2(max(1.0, batch_tokens_for(n_eff) / block_size))))
     micro = min(seqs, MAX_MICRO_BATCH)
-    steps = max(1, round(tokens_per_param * n / (seqs * model.block_size)))
-    tokens = steps * seqs * model.block_size
-    return DialRun(model, n, tokens, tokens * fpt, deepseek_lr(flops), MUON_LR, micro, seqs // micro, steps)
+    return micro, seqs // micro
+
+
+def warmup_tokens_for(n_eff: float) -> float:
+    """Warmup length in tokens: about N (Porian et al. 2024, §3.2: warmup of N tokens rather than a fixed
+    fraction of the run; OLMo-core's ladder, warmup_steps = N / batch)."""
+    return n_eff
+
+
+def beta2_for(batch_tokens: float) -> float:
+    """AdamW's beta2: 0.99 at small batches, 0.95 otherwise. Porian et al. (2024, §3.4) find beta2 = 0.95 costs
+    loss at batches of fewer than about a hundred sequences (slow second-moment estimates at few tokens per step);
+    the threshold, 128 sequences of 2048 tokens, is ours."""
+    return 0.99 if batch_tokens < SMALL_BATCH_TOKENS else 0.95
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """What the per-size rules give one model: its optimizer settings and batch (`apply` writes them)."""
+
+    lr: float
+    muon_lr: float
+    beta2: float
+    batch_size: int
+    grad_accum: int
+    warmup_steps: int
+
+    def apply(self, cfg) -> None:
+        cfg.optim.lr, cfg.optim.muon_lr, cfg.optim.beta2 = self.lr, self.muon_lr, self.beta2
+        cfg.optim.warmup_steps = self.warmup_steps
+        cfg.train.batch_size, cfg.train.grad_accum = self.batch_size, self.grad_accum
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def size_rules(model: ModelConfig, lr_at_ref: float | None = None) -> SizeRules:
+    """Every per-size rule for `model`, by its N_eff (effective_params)."""
+    n = effective_params(model)
+    micro, accum = batch_for(n, model.block_size)
+    tokens = micro * accum * model.block_size
+    return SizeRules(lr_for(n, lr_at_ref), muon_lr_for(n), beta2_for(tokens), micro, accum,
+                     max(1, round(warmup_tokens_for(n) / tokens)))

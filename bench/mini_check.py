@@ -1,0 +1,97 @@
+"""The miniature check of docs/scaling.md, run as a new user would: sweep, fit, plan, then the planned command.
+
+    python bench/mini_check.py --out runs/mini [--budgets 1e10,1.8e10,3.2e10,5.6e10,1e11] [--target 1e12]
+                               [--tokenizer bytes|bpe] [--schedule cosine|wsd] [--jobs 2] [--dry-run]
+
+1. `nextoken sweep` on the built-in stdlib corpus (the `scaling` preset: byte-level; --tokenizer bpe for the
+   default BPE-4096 corpus) over the budgets;
+2. `nextoken fit` of that sweep, with --backtest;
+3. `nextoken plan --fit SWEEP --flops TARGET --json`: the prediction, its interval and red flags, and the
+   `nextoken train` command it prints;
+4. that command, as printed (RUN replaced by OUT/check), then the predicted against the measured val loss.
+
+Each step is a subprocess of the installed CLI, so this is what a user's shell would do; OUT keeps everything,
+and the same command continues an interrupted check (the sweep resumes; a finished check run is read back).
+Prints figures; asserts nothing. --dry-run prints the sweep's runs and an estimate of the wall time from the
+FLOPs at --flops-per-s (default 3e10: the project's quiet-core rate on these tiny models, docs/LOG.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def nextoken(*args: str, capture: bool = False) -> str:
+    cmd = [sys.executable, "-m", "nextoken", *args]
+    print("$ nextoken " + " ".join(shlex.quote(a) for a in args), flush=True)
+    res = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"step failed (exit {res.returncode}); rerun the same command to continue")
+    return res.stdout or ""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--budgets", default="1e10,1.8e10,3.2e10,5.6e10,1e11",
+                   help="sweep budgets (default: five a quarter decade apart over 1e10-1e11)")
+    p.add_argument("--target", type=float, default=1e12, help="the budget predicted, then trained (default 1e12)")
+    p.add_argument("--tokenizer", choices=("bytes", "bpe"), default="bytes")
+    p.add_argument("--schedule", choices=("cosine", "wsd"), default="cosine")
+    p.add_argument("--count", choices=("eff", "non-embedding"), default="eff")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--flops-per-s", type=float, default=3e10, help="for the duration estimate")
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args()
+    out = Path(args.out)
+    sweep_dir, check_dir = out / "sweep", out / "check"
+    common = ["--data.tokenizer", args.tokenizer, "--train.threads", "1"]
+    sweep_args = ["sweep", "--out", str(sweep_dir), "--budgets", args.budgets, "--schedule", args.schedule,
+                  "--jobs", str(args.jobs), "--seeds", str(args.seeds), *common]
+    budgets = [float(b) for b in args.budgets.split(",")]
+    if args.dry_run:
+        nextoken(*sweep_args, "--dry-run")
+        total = 7 * args.seeds * sum(budgets) + args.target  # about 7 sizes a budget
+        print(f"about {total:.3g} FLOPs: ~{total / args.flops_per_s / 60 / max(1, args.jobs):.0f} minutes at "
+              f"{args.flops_per_s:.2g} FLOPs/s per job (the sweep; wsd less), plus evaluation")
+        return
+    t0 = time.time()
+    nextoken(*sweep_args)
+    t_sweep = time.time() - t0
+    nextoken("fit", str(sweep_dir), "--backtest", "--count", args.count)
+    res = json.loads(nextoken("plan", "--fit", str(sweep_dir), "--flops", f"{args.target:g}", "--json",
+                              capture=True))
+    nextoken("plan", "--fit", str(sweep_dir), "--flops", f"{args.target:g}")
+    cmd = shlex.split(res["train_command"].replace(" RUN ", f" {check_dir} "))
+    t1 = time.time()
+    done = check_dir / "metrics.jsonl"
+    if done.is_file() and any('"kind": "eval"' in line and f'"step": {res["steps"]},' in line
+                              for line in done.read_text().splitlines()):
+        print(f"{check_dir} already finished; reading it back")
+    else:
+        nextoken(*cmd[1:], "--json", "--log.progress", "off")
+    rows = [json.loads(line) for line in done.read_text().splitlines()]
+    measured = [r for r in rows if r.get("kind") == "eval" and r.get("step") == res["steps"]][-1]["loss"]
+    predicted, iv = res["loss"], res.get("interval")
+    inside = iv is not None and iv[0] <= measured <= iv[1]
+    print(f"\nminiature check ({args.tokenizer}, {args.schedule}, N counted as {res.get('count')}): sweep "
+          f"{args.budgets} FLOPs, predicted at {args.target:g}")
+    print(f"  planned   {res['shape']['n_layer']} x {res['shape']['d_model']}, N {res['params']:.4g}, "
+          f"D {res['tokens']:.4g} ({res['tokens_per_param']:.1f} tokens per N), {res['steps']} steps")
+    print(f"  predicted {predicted:.4f}" + (f"  interval [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else "")
+          + (f"  RED FLAGS: {'; '.join(res['red_flags'])}" if res.get("red_flags") else ""))
+    print(f"  measured  {measured:.4f}  error {predicted / measured - 1:+.2%}  "
+          f"({'inside' if inside else 'outside'} the interval)")
+    print(f"  wall time: sweep {t_sweep / 60:.1f} min, check run {(time.time() - t1) / 60:.1f} min (this machine, "
+          "now: quote only from a quiet one)")
+
+
+if __name__ == "__main__":
+    main()
