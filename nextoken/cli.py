@@ -7,6 +7,7 @@ Errors are one line on stderr with a non-zero exit; `--debug` shows the tracebac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from nextoken.errors import ConfigError, NextokenError
@@ -333,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except BrokenPipeError:
+        # the reader of stdout left (`nextoken ... --json | head`): what it read was whole; say nothing more, and
+        # point stdout at /dev/null so the interpreter's final flush does not raise again (Python's signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a Unix tool killed by a closed pipe reports
 
 
 def cmd_prepare(args, extra) -> int:

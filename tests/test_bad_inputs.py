@@ -212,3 +212,18 @@ def test_bad_input_is_one_clear_line(argv, phrase, trained_run, bytes_data, tmp_
     assert {k: v for k, v in after.items() if k in before} == before, "a file that existed was changed"
     assert before.keys() <= after.keys(), "a file that existed was deleted"
 
+
+
+def test_json_into_a_closed_pipe_is_no_traceback():
+    """`nextoken plan --json | head -c 10`: the reader leaves early; the command says nothing (no BrokenPipeError
+    traceback) and exits as a Unix tool does on a closed pipe."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "nextoken", "plan", "--flops", "1e21", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes: its write meets a closed pipe
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 141
