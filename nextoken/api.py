@@ -122,6 +122,7 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
     `tokens` (trained) and `checkpoint`; for a mix also `sources`, each source's figures (as the run's
     per-source eval lines). Raises DataError for data prepared with another tokenizer than the run's."""
     from nextoken.data import mixture
+    from nextoken.data.builtin import builtin_data, is_builtin
     from nextoken.data.loader import TokenData
     from nextoken.data.prepare import check_tokenizer, read_manifest
     from nextoken.data.tokenizer import token_byte_lengths
@@ -130,6 +131,8 @@ def evaluate(run: Run | Loaded | str | Path, data: str | Path | None = None, spl
 
     loaded = _loaded(run, step, device)
     data_cfg = loaded.run.config.data
+    if data is not None and is_builtin(str(data)):  # a built-in corpus, prepared with the run's own tokenizer
+        data = builtin_data(str(data), str(loaded.run.path / "tokenizer.json"), data_cfg.vocab_size)
     data_dir = data or data_cfg.path
     if not data_dir:
         raise DataError(f"{loaded.run.path} names no prepared data (an imported model); pass --data DIR, prepared "

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=_train_epilog())
     tr.add_argument("--config", help="TOML config file")
     tr.add_argument("--preset", help=f"{', '.join(PRESETS)} (default tiny)")
-    tr.add_argument("--data", help="prepared data directory, a built-in corpus (stdlib, stdlib-prose), or a mix of "
+    tr.add_argument("--data", help="prepared data directory, a built-in corpus (stdlib, stdlib+tests, "
+                    "stdlib-prose), or a mix of "
                     "them by weight: A=0.7,B=0.3 (default: stdlib)")
     tr.add_argument("--out", help="run directory (default: runs/PRESET-TIMESTAMP)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -135,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="held-out loss, perplexity, bits per byte of a checkpoint; or its scores on "
                         "downstream tasks (--task, --harness; docs/eval.md)")
     ev.add_argument("run", metavar="RUN|CKPT", help="a run directory (its newest checkpoint) or a checkpoint directory")
-    ev.add_argument("--data", help="prepared data directory (default: the run's; a mixed run's: each source and "
-                    "the mix)")
+    ev.add_argument("--data", help="prepared data directory, or a built-in corpus (stdlib, stdlib+tests, "
+                    "stdlib-prose: prepared with the run's tokenizer) (default: the run's data; a mixed run's: each "
+                    "source and the mix)")
     ev.add_argument("--split", default="val", help="val (default) or train")
     ev.add_argument("--tokens", type=_nonnegative_int, default=0, help="tokens to evaluate (default: the whole split)")
     ev.add_argument("--step", type=_nonnegative_int, help="the checkpoint at this step (default: the newest)")

@@ -292,6 +292,24 @@ def test_builtin_names_mix_with_one_tokenizer(tmp_path):
     assert prose["splits"]["val"]["documents"] >= code["splits"]["val"]["documents"]
 
 
+@pytest.mark.slow
+def test_eval_data_takes_a_builtin_name_prepared_with_the_runs_tokenizer(tmp_path):
+    """`nextoken eval RUN --data stdlib-prose` is the mixed run's per-source figure for that source; stdlib+tests
+    is a built-in name like the others (a fresh user's trial found both refused as "not prepared data")."""
+    from nextoken.api import evaluate
+    from nextoken.data.builtin import is_builtin
+
+    assert all(is_builtin(n) for n in ("stdlib", "stdlib+tests", "stdlib-prose"))
+    sources = resolve("stdlib=0.8,stdlib-prose=0.2", tokenizer="bytes")
+    cfg = tiny_config(sources[0].path, train__max_steps=2, train__eval_every=2, train__eval_tokens=4096)
+    cfg.data.mix = "stdlib=0.8,stdlib-prose=0.2"
+    cfg.data.tokenizer = "bytes"
+    train(cfg, tmp_path / "run", quiet=True)
+    per_source = last_per_step(_rows(tmp_path / "run"), "eval", "stdlib-prose")[-1]
+    alone = evaluate(tmp_path / "run", "stdlib-prose", tokens=4096)
+    assert alone["loss"] == pytest.approx(per_source["loss"], rel=1e-6)
+
+
 # ---- readers: the overall line stays the run's figure; the web app draws one curve per source ----
 
 
