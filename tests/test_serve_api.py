@@ -159,6 +159,7 @@ def test_run_state_from_files(served, tmp_path):
     imported = [{"kind": "event", "step": 0, "type": "import", "detail": {"source": "hf/x"}}]
     assert run_state(run, imported, 30, [0], old) == ("imported",
                                                       "imported from hf/x; train it further with --init-from")
+    assert run_state(run, imported, 30, [0], time.time())[0] == "imported"  # just imported: not "running"
 
 
 def test_run_state_uses_the_writer_lock(served, tmp_path):

@@ -233,13 +233,13 @@ def run_state(run: Run, rows: list[dict], max_steps: int, checkpoint_steps: list
         return "running", f"a writer holds the run's lock; step {last} of {max_steps}"
     if final and last >= max_steps:
         return "finished", f"evaluated at step {max_steps}, its last"
+    imported = next((r for r in rows if r.get("kind") == "event" and r.get("type") == "import"), None)
+    if not train and imported is not None:  # `nextoken import`: a step-0 checkpoint, never trained here
+        source = (imported.get("detail") or {}).get("source", "a transformers directory")
+        return "imported", f"imported from {source}; train it further with --init-from"
     if writer is None and rows and now - metrics_mtime < STALE_S:
         return "running", f"metrics.jsonl written {now - metrics_mtime:.0f}s ago; step {last} of {max_steps}"
     if not train:
-        imported = next((r for r in rows if r.get("kind") == "event" and r.get("type") == "import"), None)
-        if imported is not None:  # `nextoken import`: a step-0 checkpoint, never trained here
-            source = (imported.get("detail") or {}).get("source", "a transformers directory")
-            return "imported", f"imported from {source}; train it further with --init-from"
         return ("crashed", "stopped before its first train step") if rows else ("new", "no metrics yet")
     if ckpt is not None and ckpt >= last:
         return "interrupted", f"stopped at step {last} of {max_steps} with a checkpoint there; --resume loses nothing"
