@@ -420,6 +420,9 @@ def _as_law_from(result: dict) -> ParametricLaw:
 PI_LEVEL = 90  # the prediction interval's coverage, percent
 
 
+LADDER_MAX_N = 1e11  # the largest N whose optimum FittedLaw.optimal searches over shapes
+
+
 @dataclass(frozen=True)
 class FittedLaw:
     """A law fitted by `nextoken fit`. When it comes from a sweep, its budgets were counted exactly
@@ -477,7 +480,10 @@ class FittedLaw:
         return float(lo), float(hi)
 
     def optimal(self, C: float) -> tuple[float, float]:
-        if self.base is None:
+        """The compute-optimal (N, D) at C: over the family's shapes where N is within LADDER_MAX_N, else the
+        law's own 6ND optimum (there the embeddings and attention the shapes account for are a vanishing share
+        of the FLOPs, and a ladder of one-head steps would be millions of shapes long)."""
+        if self.base is None or self.law.optimal(C)[0] > LADDER_MAX_N:
             return self.law.optimal(C)
         cfg = self.optimal_shape(C)
         return self.n_of(cfg), C / training_flops_per_token(cfg)
