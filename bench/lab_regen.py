@@ -68,13 +68,18 @@ SHAPES = {"smoke": "a test of the plumbing: 2 blocks x 32 wide, context 32, batc
 
 
 def write_page(out: Path, budget: str, page: Path) -> None:
-    notes = _hand_notes(page.read_text()) if page.is_file() else {}
+    text = page.read_text() if page.is_file() else ""
+    notes = _hand_notes(text)
+    kept_sections, kept_rows = _sections(text), _rows(text)
     img = page.parent / "img" / "lab"
     img.mkdir(parents=True, exist_ok=True)
     rows, sections, total = [], [], 0.0
     for name in available():
         d = out / name
-        if not (d / "figures.json").is_file():
+        if not (d / "figures.json").is_file():  # not rerun here (--only, or another --out): the page's own report
+            if name in kept_sections and name in kept_rows:
+                sections.append(kept_sections[name])
+                rows.append(kept_rows[name])
             continue
         f = json.loads((d / "figures.json").read_text())
         wall = json.loads((d / "wall.json").read_text())["wall_s"] if (d / "wall.json").is_file() else None
@@ -121,6 +126,17 @@ page). The dated notes after a report are written by hand.
     kept = sum(len(v) for v in notes.values())
     print(f"wrote {page} ({len(sections)} reports, total wall {total / 60:.1f} min)"
           + (f"; {kept} hand-written notes carried over: check them against the new figures" if kept else ""))
+
+
+def _sections(text: str) -> dict[str, str]:
+    """experiment -> its whole section ('## NAME (budget ...' up to the next one) in the current page."""
+    parts = re.split(r"(?m)^(?=## \S+ \(budget)", text)
+    return {m.group(1): part.rstrip() + "\n" for part in parts if (m := re.match(r"## (\S+) \(budget", part))}
+
+
+def _rows(text: str) -> dict[str, str]:
+    """experiment -> its row of the current page's table."""
+    return {m.group(1): line for line in text.splitlines() if (m := re.match(r"\| \[(\S+)\]\(#", line))}
 
 
 def _hand_notes(text: str) -> dict[str, list[str]]:
