@@ -292,7 +292,7 @@ def format_plan(res: dict) -> str:
         lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
                      "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
                      "expect a higher loss than predicted, or prepare more data")
-    lines += _ratio_notes(res)
+    lines += ratio_notes(res)
     if "train_command" in res:
         lines.append(f"train       {res['steps']:,} steps of the sweep's {res['tokens_per_step']:,} tokens, trained as "
                      f"its runs were:\n            {res['train_command']}")
@@ -301,7 +301,7 @@ def format_plan(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _ratio_notes(res: dict) -> list[str]:
+def ratio_notes(res: dict) -> list[str]:
     """Why the tokens per parameter shown here need not be Chinchilla's 20 (docs/scaling.md)."""
     tpp = res["tokens_per_param"]
     if res["law"] == "chinchilla":

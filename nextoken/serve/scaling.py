@@ -44,6 +44,8 @@ def sweep_view(sweep_dir: Path, sweep_id: str) -> dict:
 
 def plan_for(law: str, flops: float | None, params: float | None, tokens: float | None, fit: Path | None,
              tokens_per_s: float | None) -> dict:
-    from nextoken.scaling.plan import plan
+    from nextoken.scaling.plan import plan, ratio_notes
 
-    return plan(law, flops, params, tokens, str(fit) if fit else None, tokens_per_s=tokens_per_s)
+    res = plan(law, flops, params, tokens, str(fit) if fit else None, tokens_per_s=tokens_per_s)
+    res["notes"] = ratio_notes(res)  # why its tokens per parameter need not be the ~20 taught
+    return res

@@ -622,7 +622,8 @@ async function pageScaling() {
     if (r.time_s) rows.push(["time", `${(r.time_s / 3600).toFixed(2)} h ${r.time_basis}`]);
     if (r.train_command) rows.push(["train it", r.train_command]);
     planOut.append(h("div", { class: "card" }, h("table", { id: "plan-table" },
-      rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "mono wrap" }, v))))));
+      rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", { class: "mono wrap" }, v)))),
+      ...(r.notes || []).map((n) => h("p", { class: "note" }, n.replace(/^note\s+/, "")))));
   }
 
   sweepSel.addEventListener("change", async () => { await loadSweep(); });
