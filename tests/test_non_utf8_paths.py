@@ -53,11 +53,22 @@ def test_prepare_train_eval_sample_next_under_a_path_that_is_not_utf8(odd_dir, c
     assert code == 0 and "\\udc" not in err  # names shown with their bytes escaped, never as lone surrogates
 
 
+@pytest.fixture(scope="module")
+def prompt_run(odd_dir):
+    """A run of its own for the prompt tests, so they never depend on the test above having run first."""
+    data, run = odd_dir / "data-prompt", odd_dir / "run-prompt"
+    assert main([str(a) for a in ["prepare", odd_dir / "corpus", "--out", data, "--tokenizer", "bytes"]]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main([str(a) for a in ["train", "--data", data, "--out", run, *TINY]]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
 @pytest.mark.parametrize("command", ["sample", "next"])
-def test_a_prompt_that_is_not_utf8_is_one_clear_line(odd_dir, command, capsys):
-    run = odd_dir / "run"
-    if not run.is_dir():
-        pytest.skip("needs the run of the test above")
+def test_a_prompt_that_is_not_utf8_is_one_clear_line(prompt_run, command, capsys):
+    run = prompt_run
     code, _, err = cli([command, run, "--prompt", os.fsdecode(b"d\xe9f")], capsys)
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and "not valid UTF-8" in lines[0], err
