@@ -2,6 +2,7 @@
 
     python bench/mini_check.py --out runs/mini [--budgets 1e10,1.8e10,3.2e10,5.6e10,1e11] [--target 1e12]
                                [--tokenizer bytes|bpe] [--schedule cosine|wsd] [--jobs 2] [--dry-run]
+                               [--predict-only] [SWEEP CONFIG FLAGS, e.g. --model.block_size 64]
 
 1. `nextoken sweep` on the built-in stdlib corpus (the `scaling` preset: byte-level; --tokenizer bpe for the
    default BPE-4096 corpus) over the budgets;
@@ -12,7 +13,9 @@
 
 Each step is a subprocess of the installed CLI, so this is what a user's shell would do; OUT keeps everything,
 and the same command continues an interrupted check (the sweep resumes; a finished check run is read back).
-Prints figures; asserts nothing. --dry-run prints the sweep's runs and an estimate of the wall time from the
+Flags it does not know (`--model.block_size 64`) go to the sweep, and so into the config its planned command
+trains with. --predict-only stops after the plan, so the prediction can be registered in docs/LOG.md before the
+run that checks it; the same command without it then continues. Prints figures; asserts nothing. --dry-run prints the sweep's runs and an estimate of the wall time from the
 FLOPs at --flops-per-s (default 3e10: the project's quiet-core rate on these tiny models, docs/LOG.md).
 """
 
@@ -49,10 +52,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--flops-per-s", type=float, default=3e10, help="for the duration estimate")
     p.add_argument("--dry-run", action="store_true")
-    args = p.parse_args()
+    p.add_argument("--predict-only", action="store_true", help="stop after the plan (register it, then rerun)")
+    args, extra = p.parse_known_args()
     out = Path(args.out)
     sweep_dir, check_dir = out / "sweep", out / "check"
-    common = ["--data.tokenizer", args.tokenizer, "--train.threads", "1"]
+    common = ["--data.tokenizer", args.tokenizer, "--train.threads", "1", *extra]
     sweep_args = ["sweep", "--out", str(sweep_dir), "--budgets", args.budgets, "--schedule", args.schedule,
                   "--jobs", str(args.jobs), "--seeds", str(args.seeds), *common]
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -69,6 +73,10 @@ def main() -> None:
     res = json.loads(nextoken("plan", "--fit", str(sweep_dir), "--flops", f"{args.target:g}", "--json",
                               capture=True))
     nextoken("plan", "--fit", str(sweep_dir), "--flops", f"{args.target:g}")
+    if args.predict_only:
+        (out / "prediction.json").write_text(json.dumps(res, indent=1))
+        print(f"prediction written to {out / 'prediction.json'}; register it, then rerun without --predict-only")
+        return
     cmd = shlex.split(res["train_command"].replace(" RUN ", f" {check_dir} "))
     t1 = time.time()
     done = check_dir / "metrics.jsonl"

@@ -4,6 +4,7 @@ known law and says how sure it is (bootstrap interval, backtest, red flags), wsd
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,7 @@ from nextoken.scaling.plan import format_plan, plan
 from nextoken.scaling.shapes import (
     FAMILY_BAND,
     MAX_STEP,
+    MIN_RUN_STEPS,
     Family,
     batch_for,
     batch_tokens_for,
@@ -77,6 +79,23 @@ def test_per_size_rules_follow_their_exponents():
     r = size_rules(model)
     tokens = r.batch_size * r.grad_accum * 128
     assert r.warmup_steps == round(effective_params(model) / tokens) and r.lr == lr_for(effective_params(model))
+
+
+def test_a_short_runs_batch_leaves_it_enough_steps():
+    """By N alone a short run on an IsoFLOP profile's large side gets ~100 steps; given D, the batch is cut to
+    the power of two of sequences that leaves MIN_RUN_STEPS steps, never under one sequence."""
+    model = ModelConfig(n_layer=2, n_head=8, d_model=32, block_size=64, vocab_size=257)
+    by_n = size_rules(model)
+    per_step = by_n.batch_size * by_n.grad_accum * 64
+    D = 110 * per_step  # ~110 steps at the N rule's batch
+    short = size_rules(model, tokens=D)
+    seqs = short.batch_size * short.grad_accum
+    assert short.min_steps == MIN_RUN_STEPS and by_n.min_steps == 0
+    assert D / (seqs * 64) >= MIN_RUN_STEPS or seqs == 1
+    assert D / (2 * seqs * 64) < MIN_RUN_STEPS  # the largest such power of two
+    assert short.lr == by_n.lr and short.warmup_steps >= by_n.warmup_steps  # warmup stays N tokens
+    assert size_rules(model, tokens=1e12) == dataclasses.replace(by_n, min_steps=MIN_RUN_STEPS)  # long: by N
+    assert batch_for(1e4, 64, tokens=10.0) == (1, 1)
 
 
 def synthetic_sweep(law, budgets, sizes=7, spread=12.0, noise=0.005, seed=0):

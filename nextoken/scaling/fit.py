@@ -641,6 +641,8 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
                                "schedule": largest.get("schedule", "cosine")}
             if largest.get("rules") and largest.get("params_eff"):  # the LR constant the sweep ran with
                 result["train"]["lr_at_ref"] = largest["rules"]["lr"] * (largest["params_eff"] / RULE_REF_N) ** (1 / 3)
+            if largest.get("rules"):  # the horizon cap its batch rule ran with (0 or absent: by N alone)
+                result["train"]["min_steps"] = int(largest["rules"].get("min_steps", 0))
     if backtest_too:
         result["backtest"] = backtest(points, vocab, count, bootstrap)
     write_fit(result, out)

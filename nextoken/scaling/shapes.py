@@ -176,6 +176,13 @@ LR_FITTED = 0.0012
 MUON_LR_AT_TINY = 0.04  # Muon's best of three on the `tiny` preset (docs/LOG.md, "the default run, retuned")
 TINY_N_EFF = 1.2e6  # about the N_eff of the `tiny` preset (4 x 128, BPE-4096, context 128)
 SMALL_BATCH_TOKENS = 128 * 2048  # below this, AdamW's beta2 = 0.99 (Porian et al. 2024, §3.4)
+# The batch rule was fitted on runs of a few thousand optimizer steps (Porian et al.'s smallest model, ~5M
+# parameters at ~20 tokens each, takes ~2,400 steps of its rule's batch). Sized by N alone, the short runs on an
+# IsoFLOP profile's large-model side get far fewer: at N_eff 41k and 227k tokens, 111 steps of 32 sequences ended
+# at 3.14 nats where the same tokens in 222/444/888/1,776 steps gave 2.70/2.62/2.55/2.47 (docs/LOG.md, session
+# 13). The critical batch grows with the data seen, not the model (Zhang et al. 2024, "How Does Critical Batch
+# Size Scale in Pre-training?"), so a run of D tokens takes at most D / MIN_RUN_STEPS tokens a step.
+MIN_RUN_STEPS = 2000
 
 
 def lr_for(n_eff: float, at_ref: float | None = None) -> float:
@@ -197,10 +204,15 @@ def batch_tokens_for(n_eff: float) -> float:
     return RULE_REF_BATCH_TOKENS * (n_eff / RULE_REF_N) ** (2 / 3)
 
 
-def batch_for(n_eff: float, block_size: int) -> tuple[int, int]:
+def batch_for(n_eff: float, block_size: int, tokens: float | None = None,
+              min_steps: int = MIN_RUN_STEPS) -> tuple[int, int]:
     """(sequences per micro-batch, micro-batches per step): batch_tokens_for in sequences of `block_size`,
-    rounded to a power of two (at least 1), at most MAX_MICRO_BATCH a micro-batch and the rest accumulated."""
+    rounded to a power of two (at least 1), at most MAX_MICRO_BATCH a micro-batch and the rest accumulated.
+    Given the run's `tokens` (D), the batch is also at most the power of two of sequences that leaves
+    `min_steps` optimizer steps (see MIN_RUN_STEPS), and never under one sequence."""
     seqs = max(1, 2 ** round(math.log2(max(1.0, batch_tokens_for(n_eff) / block_size))))
+    if tokens is not None and min_steps > 0:
+        seqs = min(seqs, 2 ** max(0, math.floor(math.log2(max(1.0, tokens / (min_steps * block_size))))))
     micro = min(seqs, MAX_MICRO_BATCH)
     return micro, seqs // micro
 
@@ -228,6 +240,7 @@ class SizeRules:
     batch_size: int
     grad_accum: int
     warmup_steps: int
+    min_steps: int = 0  # the horizon cap the batch was chosen under (0: sized by N alone)
 
     def apply(self, cfg) -> None:
         cfg.optim.lr, cfg.optim.muon_lr, cfg.optim.beta2 = self.lr, self.muon_lr, self.beta2
@@ -238,10 +251,13 @@ class SizeRules:
         return dataclasses.asdict(self)
 
 
-def size_rules(model: ModelConfig, lr_at_ref: float | None = None) -> SizeRules:
-    """Every per-size rule for `model`, by its N_eff (effective_params)."""
+def size_rules(model: ModelConfig, lr_at_ref: float | None = None, tokens: float | None = None,
+               min_steps: int = MIN_RUN_STEPS) -> SizeRules:
+    """Every per-size rule for `model`, by its N_eff (effective_params); given the run's `tokens` (D), the batch
+    also leaves at least `min_steps` optimizer steps where a sequence a step allows (batch_for)."""
     n = effective_params(model)
-    micro, accum = batch_for(n, model.block_size)
-    tokens = micro * accum * model.block_size
-    return SizeRules(lr_for(n, lr_at_ref), muon_lr_for(n), beta2_for(tokens), micro, accum,
-                     max(1, round(warmup_tokens_for(n) / tokens)))
+    cap = min_steps if tokens is not None else 0
+    micro, accum = batch_for(n, model.block_size, tokens, cap)
+    per_step = micro * accum * model.block_size
+    return SizeRules(lr_for(n, lr_at_ref), muon_lr_for(n), beta2_for(per_step), micro, accum,
+                     max(1, round(warmup_tokens_for(n) / per_step)), cap)

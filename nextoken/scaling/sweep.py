@@ -161,9 +161,9 @@ def plan_sweep(base: Config, budgets: list[float], sizes: int = 7, spread: float
             if key in seen:
                 continue
             seen.add(key)
-            r = size_rules(cfg) if rules == "per-size" else None
             counts = param_counts(cfg)
             fpt = training_flops_per_token(cfg)
+            r = size_rules(cfg, tokens=budget / fpt) if rules == "per-size" else None
             tokens_per_step = (r.batch_size * r.grad_accum if r else base.train.batch_size * base.train.grad_accum
                                ) * cfg.block_size
             steps = round(budget / fpt / tokens_per_step)
