@@ -15,7 +15,7 @@ import pytest
 from nextoken.cli import main
 from nextoken.config import ModelConfig
 from nextoken.model.counting import effective_params, measured_flops_per_token, training_flops_per_token
-from nextoken.scaling.fit import FittedLaw, backtest, fit_points, red_flags
+from nextoken.scaling.fit import FittedLaw, backtest, fit_points, frontier_slope, red_flags, steepening
 from nextoken.scaling.laws import ParametricLaw
 from nextoken.scaling.plan import format_plan, plan
 from nextoken.scaling.shapes import (
@@ -149,6 +149,39 @@ def test_red_flags():
     flags = red_flags(fake)
     assert any("ran to zero" in f for f in flags) and any("apart" in f for f in flags)
     assert any("disagree" in f for f in flags)
+
+
+MINI_SWEEP = [  # (budget, N_eff, D, val loss): the 29 runs of the miniature sweep at context 64 (docs/LOG.md, session 13)
+    (1e+10, 2436, 684288, 2.7814), (1e+10, 5640, 295552, 2.6088), (1e+10, 9612, 173376, 2.5442),
+    (1e+10, 14352, 116096, 2.6562), (1e+10, 19860, 83904, 2.6864), (1.8e+10, 2436, 1231616, 2.7748),
+    (1.8e+10, 5640, 531968, 2.5350), (1.8e+10, 9612, 312064, 2.5475), (1.8e+10, 14352, 209024, 2.5409),
+    (1.8e+10, 26136, 114816, 2.5946), (3.2e+10, 2436, 2189312, 2.7841), (3.2e+10, 5640, 945664, 2.5301),
+    (3.2e+10, 9612, 554752, 2.3891), (3.2e+10, 14352, 371584, 2.3896), (3.2e+10, 19860, 268544, 2.4819),
+    (3.2e+10, 33180, 160768, 2.5428), (5.6e+10, 2436, 3831296, 2.7685), (5.6e+10, 5640, 1654784, 2.4664),
+    (5.6e+10, 9612, 971008, 2.3579), (5.6e+10, 14352, 650240, 2.3631), (5.6e+10, 19860, 470016, 2.3955),
+    (5.6e+10, 26136, 357120, 2.3671), (5.6e+10, 40992, 227712, 2.4316), (1e+11, 5640, 2955264, 2.4626),
+    (1e+11, 9612, 1734144, 2.2717), (1e+11, 14352, 1161216, 2.1875), (1e+11, 26136, 637696, 2.2291),
+    (1e+11, 40992, 406528, 2.3232), (1e+11, 58920, 282880, 2.4278),
+]
+
+
+def test_a_frontier_still_steepening_and_a_missed_backtest_are_red_flags(tmp_path, capsys):
+    """Points that follow the law raise neither flag. The miniature sweep's real points (whose 10x prediction
+    missed by +25%: the data steepen while its capacity-bound smallest models pin E high) raise both, and
+    `plan` then calls its number a guess."""
+    clean = synthetic_sweep(TOY, np.geomspace(1e10, 1e12, 5), noise=0.002, seed=3)
+    r = fit_points(clean, bootstrap=0, count="eff")
+    assert steepening(r) is None and not r["red_flags"]
+    assert frontier_slope(TOY.E, TOY.A, TOY.B, TOY.alpha, TOY.beta, 1e12) > 0
+    csv = tmp_path / "mini.csv"
+    csv.write_text("params,tokens,loss,flops,budget\n" + "".join(f"{n},{d},{loss},{6 * n * d},{c}\n"
+                                                                for c, n, d, loss in MINI_SWEEP))
+    assert main(["fit", "--points", str(csv), "--bootstrap", "10", "--backtest"]) == 0
+    err = capsys.readouterr().err
+    assert "faster than the law allows" in err and "the backtest missed" in err
+    res = plan(fit=str(tmp_path / "mini.fit.json"), flops=1e12)
+    assert any("backtest missed" in f for f in res["red_flags"])
+    assert "a guess, not a prediction" in format_plan(res)
 
 
 def test_plan_refuses_to_look_confident_on_red_flags(tmp_path, capsys):

@@ -253,7 +253,8 @@ def red_flags(r: dict) -> list[str]:
     apart (Chinchilla's 0.34 and 0.28; a ratio past MAX_EXPONENT_RATIO means one of them is carried by the
     noise), fewer than MIN_MINIMA IsoFLOP profiles with their minimum inside the sampled sizes, and approaches 2
     and 3 disagreeing on the allocation exponent a by more than 0.1 (Hoffmann et al. 2022, Table 2: theirs agree
-    within 0.04)."""
+    within 0.04), and the measured frontier still steepening where the law has flattened (`steepening`). `fit
+    --backtest` adds one more: the refit missing its left-out budget's best run by over BACKTEST_TOLERANCE."""
     flags = []
     low = min(p["loss"] for p in r["points"])
     if r["E"] < 0.05 * low:
@@ -273,7 +274,50 @@ def red_flags(r: dict) -> list[str]:
     if "a" in a2 and abs(a2["a"] - r["approach3"]["a"]) > 0.1:
         flags.append(f"approaches 2 and 3 disagree on N_opt ∝ C^a: {a2['a']:.3f} against "
                      f"{r['approach3']['a']:.3f}")
+    if steep := steepening(r):
+        flags.append(f"the best runs' loss falls as C^-{steep['measured']:.3f} over the top {steep['budgets']} "
+                     f"budgets, {steep['ratio']:.1f}x faster than the law allows at the largest "
+                     f"(C^-{steep['law']:.3f}): the data have not reached the law's bend, so E = {r['E']:.3g} is "
+                     "likely too high and the extrapolation pessimistic")
     return flags
+
+
+BACKTEST_TOLERANCE = 0.02  # a backtest's best-run error beyond this (the goal of a 10x check): a red flag
+MAX_STEEPENING = 1.5  # the measured top-budget slope this many times the law's: a red flag
+
+
+def frontier_slope(E: float, A: float, B: float, alpha: float, beta: float, C: float) -> float:
+    """-d ln L_opt / d ln C of L(N, D) = E + A/N^alpha + B/D^beta along its compute-optimal frontier at C = 6ND
+    (Hoffmann et al. 2022, eq. 4: N_opt = G (C/6)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta)));
+    a dimensionless slope, 0 where the loss has reached E."""
+    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+
+    def L(c: float) -> float:
+        n = G * (c / 6) ** (beta / (alpha + beta))
+        return E + A / n ** alpha + B / (c / (6 * n)) ** beta
+
+    return float(math.log(L(C) / L(C * 1.1)) / math.log(1.1))
+
+
+def steepening(r: dict) -> dict | None:
+    """Whether the measured frontier is still steepening where the law has already flattened: the log-log slope
+    of the best run's loss over the top three budgets (at least three budgets) against frontier_slope at the
+    largest; a dict with both and their ratio when it exceeds MAX_STEEPENING, else None. A sum of power laws
+    with an offset can only flatten with C; data that fall faster at the top budgets than at the bottom are
+    below the scale where the law holds (at byte level on CPU budgets: docs/LOG.md, session 13), and every
+    extrapolation of such a fit under-predicts the gain."""
+    pts = [p for p in r.get("points", []) if p.get("loss") and (p.get("budget") or p.get("flops"))]
+    groups = group_profiles(pts) if pts else []
+    if len(groups) < 3:
+        return None
+    top = groups[-3:]
+    logC = [math.log(float(np.exp(np.mean(np.log([p.get("budget") or p["flops"] for p in g]))))) for g in top]
+    logL = [math.log(min(p["loss"] for p in g)) for g in top]
+    measured = -float(np.polyfit(logC, logL, 1)[0])
+    law = frontier_slope(r["E"], r["A"], r["B"], r["alpha"], r["beta"], math.exp(logC[-1]))
+    if measured > 0 and measured > MAX_STEEPENING * max(law, 1e-9):
+        return {"measured": measured, "law": law, "ratio": measured / max(law, 1e-9), "budgets": len(top)}
+    return None
 
 
 def backtest(points: list[dict], vocab_size: int | None = None, count: str = "given",
@@ -644,7 +688,14 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
             if largest.get("rules"):  # the horizon cap its batch rule ran with (0 or absent: by N alone)
                 result["train"]["min_steps"] = int(largest["rules"].get("min_steps", 0))
     if backtest_too:
-        result["backtest"] = backtest(points, vocab, count, bootstrap)
+        result["backtest"] = bt = backtest(points, vocab, count, bootstrap)
+        best, iv = bt["best"], bt["best"].get("interval")
+        if abs(best["error"]) > BACKTEST_TOLERANCE or (iv and not iv[0] <= best["loss"] <= iv[1]):
+            result["red_flags"].append(
+                f"the backtest missed: refitted without the {bt['budget']:.3g} budget, the law predicted its best "
+                f"run {best['predicted']:.4f}, measured {best['loss']:.4f} ({best['error']:+.1%}"
+                + ("" if not iv or iv[0] <= best["loss"] <= iv[1] else ", outside its interval")
+                + "): a law that misses one budget ahead is no guide ten times ahead")
     write_fit(result, out)
     law = load_fit(out)
     figure = plot_fit(result, plot or out.with_name("isoflop.png"), law)
