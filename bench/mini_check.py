@@ -15,7 +15,8 @@ Each step is a subprocess of the installed CLI, so this is what a user's shell w
 and the same command continues an interrupted check (the sweep resumes; a finished check run is read back).
 Flags it does not know (`--model.block_size 64`) go to the sweep, and so into the config its planned command
 trains with. --predict-only stops after the plan, so the prediction can be registered in docs/LOG.md before the
-run that checks it; the same command without it then continues. Prints figures; asserts nothing. --dry-run prints the sweep's runs and an estimate of the wall time from the
+run that checks it; the same command without it then continues. Prints figures; asserts nothing. --dry-run
+prints the sweep's runs and an estimate of the wall time from the
 FLOPs at --flops-per-s (default 3e10: the project's quiet-core rate on these tiny models, docs/LOG.md).
 """
 

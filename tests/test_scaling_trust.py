@@ -151,7 +151,8 @@ def test_red_flags():
     assert any("disagree" in f for f in flags)
 
 
-MINI_SWEEP = [  # (budget, N_eff, D, val loss): the 29 runs of the miniature sweep at context 64 (docs/LOG.md, session 13)
+# (budget, N_eff, D, val loss): the 29 runs of the miniature sweep at context 64 (docs/LOG.md, session 13)
+MINI_SWEEP = [
     (1e+10, 2436, 684288, 2.7814), (1e+10, 5640, 295552, 2.6088), (1e+10, 9612, 173376, 2.5442),
     (1e+10, 14352, 116096, 2.6562), (1e+10, 19860, 83904, 2.6864), (1.8e+10, 2436, 1231616, 2.7748),
     (1.8e+10, 5640, 531968, 2.5350), (1.8e+10, 9612, 312064, 2.5475), (1.8e+10, 14352, 209024, 2.5409),
