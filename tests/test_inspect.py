@@ -85,7 +85,7 @@ def test_inspect_cli_json_and_multi_token_target(bpe_run, capsys):
     code = main(["inspect", str(bpe_run), "--prompt", "def alpha(beta):\n    return", "--target", "beta_gamma",
                  "--json"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0
+    assert code == 0 and out["checkpoints"] and out["run"] == str(bpe_run)  # as serve's /api/inspect has them
     T = len(out["tokens"])
     assert len(out["embedding_norm"]) == T and len(out["residual_norm"]) == 2
     assert len(out["attention"]) == 2 and len(out["attention"][0][0]) == T
