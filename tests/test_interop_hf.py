@@ -25,7 +25,7 @@ from nextoken.data.prepare import PrepareOptions, prepare  # noqa: E402
 from nextoken.data.tokenizer import EOT, bytes_tokenizer, load_tokenizer  # noqa: E402
 from nextoken.generate import generate  # noqa: E402
 from nextoken.interop.hf_export import dtype_argument, export  # noqa: E402
-from nextoken.interop.hf_import import HFModel, import_hf, write_run  # noqa: E402
+from nextoken.interop.hf_import import HFModel, import_hf, read_special_tokens, write_run  # noqa: E402
 from nextoken.model import GPT  # noqa: E402
 from nextoken.run import Run  # noqa: E402
 
@@ -371,6 +371,8 @@ def test_init_from_an_import_lowers_its_val_loss(tmp_path, corpus_dir):
         assert res["loss"] < before - 0.1, (res["loss"], before)
         events = [e for e in Run(out).events if e["type"] == "init"]
         assert events and events[0]["detail"]["source"] == str(source)
+        # the source's bos/eos/pad carry over, so an export of the continued run names the same ones
+        assert read_special_tokens(out) == read_special_tokens(tmp_path / "run") != {}
 
 
 def test_init_from_refuses_data_with_another_tokenizer(tmp_path, bpe_data, capsys):

@@ -5,6 +5,7 @@ tokenizer (`nextoken prepare ... --tokenizer SRC_RUN/tokenizer.json`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -68,13 +69,29 @@ def check_data(src: str, data_dir: Path) -> None:
     check_tokenizer(data_dir, tok, src, tok_file)
 
 
-def load_weights(src: str, model: nn.Module) -> None:
-    """SRC's weights into `model` (built with source_model's config; before any DDP or FSDP2 wrapping)."""
+def load_weights(src: str, model: nn.Module) -> dict[str, str | None]:
+    """SRC's weights into `model` (built with source_model's config; before any DDP or FSDP2 wrapping). Returns
+    SRC's bos/eos/pad tokens where it has its own (an imported run's RUN/special_tokens.json, a Hugging Face
+    directory's), {} for a run nextoken trained; the continued run keeps them (`carry_special_tokens`)."""
+    from nextoken.interop.hf_import import read_special_tokens
+
     p = Path(src)
     if _is_run(p):
         ckpt.restore(Run(p).checkpoint(), model)  # weights only: the optimizer starts afresh
-    else:
-        model.load_state_dict(_hf(src).state_dict)
+        return read_special_tokens(Run(p).path)
+    hf = _hf(src)
+    model.load_state_dict(hf.state_dict)
+    return dict(hf.special or {})
+
+
+def carry_special_tokens(special: dict[str, str | None], run_dir: Path) -> None:
+    """Write SRC's special tokens into the continued run, so that `export`, `eval` and `sample` treat its bos, eos
+    and pad as the source's did. Nothing is written for {}."""
+    from nextoken.interop.hf_import import SPECIAL_TOKENS_FILE
+    from nextoken.run import write_atomic
+
+    if special:
+        write_atomic(Path(run_dir) / SPECIAL_TOKENS_FILE, json.dumps(special, indent=2) + "\n")
 
 
 

@@ -87,8 +87,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
 
     torch.manual_seed(t.seed)
     model = GPT(m).to(rt.device)
+    special = {}
     if t.init_from and not resume:  # continued pretraining: its weights, a fresh optimizer and schedule
-        init_from.load_weights(t.init_from, model)
+        special = init_from.load_weights(t.init_from, model)
     model, step_model = distributed.parallelize(model, d, rt.dtype)  # DDP wraps; FSDP2 shards in place
     optimizer = build_optimizer(model, cfg.optim, rt.device)
 
@@ -106,6 +107,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, quiet: bool, d: distributed
     repeated = _over_repeat(sources, t, m.block_size, cfg.data) if sources and not resume else None  # may refuse
     if d.is_main:  # only rank 0 writes the run directory, logs and metrics
         create_run_dir(run_dir, cfg, data_dir, resume)  # after the resume checks: a refused resume touches nothing
+        init_from.carry_special_tokens(special, run_dir)
     d.barrier()
     log = MetricsLog(run_dir, cfg, enabled=d.is_main)
     if resume:
