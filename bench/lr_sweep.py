@@ -3,8 +3,8 @@
     python bench/lr_sweep.py --out runs/lr-sweep [--sizes 8e3,2e4,5e4] [--factors 0.0625,0.125,0.25,0.5,1]
                              [--tokens-per-param 20] [--optim adamw|muon] [--data DIR] [--jobs 1]
 
-Each size is the family's model nearest that N_eff (scaling/shapes.py: family_shape) with its per-size batch,
-warmup and beta2 (size_rules); only the peak LR moves, over `factors` x the rule's LR (lr_for at LR_AT_REF,
+Each size is the family's model nearest that N_eff (scaling/shapes.py: family_shape) with its per-size batch
+(capped, as in sweeps, to leave MIN_RUN_STEPS steps), warmup and beta2 (size_rules); only the peak LR moves, over `factors` x the rule's LR (lr_for at LR_AT_REF,
 Porian et al. 2024's constant; with --optim muon, Muon's LR around muon_lr_for). Each run trains
 tokens_per_param x N_eff tokens on a cosine schedule on the `scaling` preset's data (byte-level stdlib) and is
 scored by its final val loss. Per size, a parabola in log LR through the best point and its neighbours gives
@@ -78,7 +78,7 @@ def main() -> None:
     for n_target in args.sizes:
         model = family_shape(n_target, base.model, family)
         n = effective_params(model)
-        rules = size_rules(model)
+        rules = size_rules(model, tokens=args.tokens_per_param * n)  # the sweeps' rules, the step cap included
         centre = lr_for(n, LR_AT_REF) if args.optim == "adamw" else muon_lr_for(n)  # the grid: Porian's rule
         tokens_per_step = rules.batch_size * rules.grad_accum * model.block_size
         steps = max(20, round(args.tokens_per_param * n / tokens_per_step))
