@@ -4,8 +4,9 @@
                              [--tokens-per-param 20] [--optim adamw|muon] [--data DIR] [--jobs 1]
 
 Each size is the family's model nearest that N_eff (scaling/shapes.py: family_shape) with its per-size batch
-(capped, as in sweeps, to leave MIN_RUN_STEPS steps), warmup and beta2 (size_rules); only the peak LR moves, over `factors` x the rule's LR (lr_for at LR_AT_REF,
-Porian et al. 2024's constant; with --optim muon, Muon's LR around muon_lr_for). Each run trains
+(capped, as in sweeps, to leave MIN_RUN_STEPS steps), warmup and beta2 (size_rules); only the peak LR moves,
+over `factors` x the rule's LR (lr_for at LR_AT_REF, Porian et al. 2024's constant; with --optim muon, Muon's
+LR around muon_lr_for). Each run trains
 tokens_per_param x N_eff tokens on a cosine schedule on the `scaling` preset's data (byte-level stdlib) and is
 scored by its final val loss. Per size, a parabola in log LR through the best point and its neighbours gives
 eta*(N); a least-squares line of log eta* on log N gives the exponent (against Porian et al.'s -1/3) and the
