@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "exactly (default); non-embedding, Kaplan's N (the count before; docs/scaling.md)")
     ft.add_argument("--backtest", action="store_true",
                     help="also refit without the largest budget, predict its runs and print the error")
+    ft.add_argument("--min-budget", type=float, metavar="C",
+                    help="fit only the runs of budgets of at least C FLOPs (past budgets below the law's regime: "
+                    "the red flag of a frontier still steepening; docs/scaling.md)")
     ft.add_argument("--json", action="store_true")
     ft.set_defaults(handler=cmd_fit)
 
@@ -641,7 +644,8 @@ def cmd_sweep(args, extra) -> int:
 def cmd_fit(args, extra) -> int:
     from nextoken.scaling.fit import fit_run, format_fit
 
-    result, law = fit_run(args.sweep, args.points, args.bootstrap, args.out, args.plot, args.count, args.backtest)
+    result, law = fit_run(args.sweep, args.points, args.bootstrap, args.out, args.plot, args.count, args.backtest,
+                          args.min_budget)
     if args.json:
         _print_json(result)
     else:

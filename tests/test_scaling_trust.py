@@ -183,6 +183,12 @@ def test_a_frontier_still_steepening_and_a_missed_backtest_are_red_flags(tmp_pat
     res = plan(fit=str(tmp_path / "mini.fit.json"), flops=1e12)
     assert any("backtest missed" in f for f in res["red_flags"])
     assert "a guess, not a prediction" in format_plan(res)
+    # --min-budget fits only the top budgets' runs, and says so in fit.json; too few runs left is one line
+    assert main(["fit", "--points", str(csv), "--bootstrap", "0", "--min-budget", "3.2e10", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)
+    assert top["n_points"] == 19 and top["min_budget"] == 3.2e10
+    assert main(["fit", "--points", str(csv), "--min-budget", "2e11"]) != 0
+    assert "--min-budget 2e+11 keeps 0 of 29 runs" in capsys.readouterr().err
 
 
 def test_plan_refuses_to_look_confident_on_red_flags(tmp_path, capsys):

@@ -278,7 +278,8 @@ def red_flags(r: dict) -> list[str]:
         flags.append(f"the best runs' loss falls as C^-{steep['measured']:.3f} over the top {steep['budgets']} "
                      f"budgets, {steep['ratio']:.1f}x faster than the law allows at the largest "
                      f"(C^-{steep['law']:.3f}): the data have not reached the law's bend, so E = {r['E']:.3g} is "
-                     "likely too high and the extrapolation pessimistic")
+                     "likely too high and the extrapolation pessimistic (refit from a higher budget: `fit "
+                     "--min-budget C`)")
     return flags
 
 
@@ -631,12 +632,15 @@ def _family_of(points: list[dict]) -> Family | None:
 
 def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = None, bootstrap: int = 100,
             out: str | Path | None = None, plot: str | Path | None = None, count: str = "eff",
-            backtest_too: bool = False) -> tuple[dict, object]:
+            backtest_too: bool = False, min_budget: float | None = None) -> tuple[dict, object]:
     """Fit a sweep directory (its finished runs) or a CSV of points (header params,tokens,loss), write fit.json
     (default SWEEP/fit.json, or beside the CSV) and the IsoFLOP figure (default isoflop.png beside it). A sweep's
     N is counted by `count` (eff: N_eff, the default; non-embedding: Kaplan's), a points file's as given. With
-    `backtest_too`, also `backtest` (under "backtest"). Returns (the fit's figures, the law `plan --fit` loads
-    from it). Raises NextokenError for neither or both sources, a negative bootstrap count, or unreadable inputs."""
+    `backtest_too`, also `backtest` (under "backtest"). With `min_budget`, only the runs of budgets (else FLOPs)
+    of at least that many FLOPs are fitted: the way past budgets that sit below the law's regime (the
+    `steepening` red flag). Returns (the fit's figures, the law `plan --fit` loads from it). Raises
+    NextokenError for neither or both sources, a negative bootstrap count, a min_budget that leaves fewer than 5
+    runs, or unreadable inputs."""
     from nextoken.data.prepare import read_manifest
 
     if count not in ("eff", "non-embedding"):
@@ -654,6 +658,13 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
         points = read_points_csv(points_csv)
         out = Path(out or Path(points_csv).with_suffix(".fit.json"))
         count = "given"
+    if min_budget is not None:
+        kept = [p for p in points if (p.get("budget") or p.get("flops") or 6.0 * p["params"] * p["tokens"])
+                >= min_budget * (1 - 1e-9)]
+        if len(kept) < 5:
+            raise NextokenError(f"--min-budget {min_budget:g} keeps {len(kept)} of {len(points)} runs; a fit needs "
+                                "at least 5: choose a lower budget")
+        points = kept
     vocab = model["vocab_size"] if model else None
     note = None
     if count == "eff" and model:
@@ -687,6 +698,8 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
                 result["train"]["lr_at_ref"] = largest["rules"]["lr"] * (largest["params_eff"] / RULE_REF_N) ** (1 / 3)
             if largest.get("rules"):  # the horizon cap its batch rule ran with (0 or absent: by N alone)
                 result["train"]["min_steps"] = int(largest["rules"].get("min_steps", 0))
+    if min_budget is not None:
+        result["min_budget"] = float(min_budget)
     if backtest_too:
         result["backtest"] = bt = backtest(points, vocab, count, bootstrap)
         best, iv = bt["best"], bt["best"].get("interval")
