@@ -15,11 +15,21 @@ import pytest
 from nextoken.cli import main
 from nextoken.config import ModelConfig
 from nextoken.model.counting import effective_params, measured_flops_per_token, training_flops_per_token
-from nextoken.scaling.fit import FittedLaw, backtest, fit_points, frontier_slope, red_flags, steepening
+from nextoken.scaling.fit import (
+    FittedLaw,
+    backtest,
+    fit_points,
+    frontier_slope,
+    lr_at_ref_of,
+    red_flags,
+    steepening,
+)
 from nextoken.scaling.laws import ParametricLaw
 from nextoken.scaling.plan import format_plan, plan
 from nextoken.scaling.shapes import (
+    CAPPED_LR_EXPONENT,
     FAMILY_BAND,
+    LR_FITTED,
     MAX_STEP,
     MIN_RUN_STEPS,
     Family,
@@ -93,8 +103,16 @@ def test_a_short_runs_batch_leaves_it_enough_steps():
     assert short.min_steps == MIN_RUN_STEPS and by_n.min_steps == 0
     assert D / (seqs * 64) >= MIN_RUN_STEPS or seqs == 1
     assert D / (2 * seqs * 64) < MIN_RUN_STEPS  # the largest such power of two
-    assert short.lr == by_n.lr and short.warmup_steps >= by_n.warmup_steps  # warmup stays N tokens
-    assert size_rules(model, tokens=1e12) == dataclasses.replace(by_n, min_steps=MIN_RUN_STEPS)  # long: by N
+    assert short.warmup_steps >= by_n.warmup_steps  # warmup stays N tokens
+    cut = seqs / (by_n.batch_size * by_n.grad_accum)  # the LRs fall as the square root of the cut
+    assert short.lr == pytest.approx(by_n.lr * cut ** CAPPED_LR_EXPONENT)
+    assert short.muon_lr == pytest.approx(by_n.muon_lr * cut ** CAPPED_LR_EXPONENT)
+    assert size_rules(model, tokens=D, lr_batch_exponent=0).lr == by_n.lr
+    long = dataclasses.replace(by_n, min_steps=MIN_RUN_STEPS, lr_batch_exponent=CAPPED_LR_EXPONENT)
+    assert size_rules(model, tokens=1e12) == long  # a long run: N's batch and LR
+    # a fit recovers the sweep's LR constant from a capped run's recorded rules
+    spec = {"rules": short.to_dict(), "params_eff": effective_params(model)}
+    assert lr_at_ref_of(spec, 64) == pytest.approx(LR_FITTED)
     assert batch_for(1e4, 64, tokens=10.0) == (1, 1)
 
 

@@ -630,6 +630,19 @@ def _family_of(points: list[dict]) -> Family | None:
     return Family(widths.pop()) if len(widths) == 1 else None
 
 
+def lr_at_ref_of(spec: dict, block_size: int) -> float:
+    """The LR constant at RULE_REF_N a sweep's run was trained under (shapes.lr_for), undoing the capped-batch
+    scale of shapes.size_rules where it had one: (its batch / N's batch)^lr_batch_exponent."""
+    from nextoken.scaling.shapes import batch_for
+
+    rules = spec["rules"]
+    lr = rules["lr"] * (spec["params_eff"] / RULE_REF_N) ** (1 / 3)
+    if exponent := rules.get("lr_batch_exponent", 0.0):
+        micro, accum = batch_for(spec["params_eff"], block_size)
+        lr /= (rules["batch_size"] * rules["grad_accum"] / (micro * accum)) ** exponent
+    return lr
+
+
 def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = None, bootstrap: int = 100,
             out: str | Path | None = None, plot: str | Path | None = None, count: str = "eff",
             backtest_too: bool = False, min_budget: float | None = None) -> tuple[dict, object]:
@@ -695,9 +708,10 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
                                "rules": "per-size" if largest.get("rules") else "fixed",
                                "schedule": largest.get("schedule", "cosine")}
             if largest.get("rules") and largest.get("params_eff"):  # the LR constant the sweep ran with
-                result["train"]["lr_at_ref"] = largest["rules"]["lr"] * (largest["params_eff"] / RULE_REF_N) ** (1 / 3)
+                result["train"]["lr_at_ref"] = lr_at_ref_of(largest, base.model.block_size)
             if largest.get("rules"):  # the horizon cap its batch rule ran with (0 or absent: by N alone)
                 result["train"]["min_steps"] = int(largest["rules"].get("min_steps", 0))
+                result["train"]["lr_batch_exponent"] = float(largest["rules"].get("lr_batch_exponent", 0.0))
     if min_budget is not None:
         result["min_budget"] = float(min_budget)
     if backtest_too:

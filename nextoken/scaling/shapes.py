@@ -183,6 +183,10 @@ SMALL_BATCH_TOKENS = 128 * 2048  # below this, AdamW's beta2 = 0.99 (Porian et a
 # 13). The critical batch grows with the data seen, not the model (Zhang et al. 2024, "How Does Critical Batch
 # Size Scale in Pre-training?"), so a run of D tokens takes at most D / MIN_RUN_STEPS tokens a step.
 MIN_RUN_STEPS = 2000
+# Where the cap cuts the batch below N's rule, the LR falls with it by the square-root rule for adaptive optimizers
+# (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms": LR ∝ sqrt(batch)).
+# Single runs here preferred 0.4-0.6x the rule's LR where the cap cut the batch 8-16x (docs/LOG.md, session 13).
+CAPPED_LR_EXPONENT = 0.5
 
 
 def lr_for(n_eff: float, at_ref: float | None = None) -> float:
@@ -241,6 +245,7 @@ class SizeRules:
     grad_accum: int
     warmup_steps: int
     min_steps: int = 0  # the horizon cap the batch was chosen under (0: sized by N alone)
+    lr_batch_exponent: float = 0.0  # the LR's power of (batch / N's batch) where the cap cut it (0: not scaled)
 
     def apply(self, cfg) -> None:
         cfg.optim.lr, cfg.optim.muon_lr, cfg.optim.beta2 = self.lr, self.muon_lr, self.beta2
@@ -252,12 +257,18 @@ class SizeRules:
 
 
 def size_rules(model: ModelConfig, lr_at_ref: float | None = None, tokens: float | None = None,
-               min_steps: int = MIN_RUN_STEPS) -> SizeRules:
+               min_steps: int = MIN_RUN_STEPS, lr_batch_exponent: float = CAPPED_LR_EXPONENT) -> SizeRules:
     """Every per-size rule for `model`, by its N_eff (effective_params); given the run's `tokens` (D), the batch
-    also leaves at least `min_steps` optimizer steps where a sequence a step allows (batch_for)."""
+    also leaves at least `min_steps` optimizer steps where a sequence a step allows (batch_for), and where that
+    cuts the batch below N's, the LRs are multiplied by (batch / N's batch)^lr_batch_exponent (CAPPED_LR_EXPONENT;
+    0 leaves them as N's rule gives them)."""
     n = effective_params(model)
     cap = min_steps if tokens is not None else 0
     micro, accum = batch_for(n, model.block_size, tokens, cap)
     per_step = micro * accum * model.block_size
-    return SizeRules(lr_for(n, lr_at_ref), muon_lr_for(n), beta2_for(per_step), micro, accum,
-                     max(1, round(warmup_tokens_for(n) / per_step)), cap)
+    free_micro, free_accum = batch_for(n, model.block_size)
+    cut = per_step / (free_micro * free_accum * model.block_size)
+    exponent = lr_batch_exponent if cap else 0.0
+    scale = cut ** exponent
+    return SizeRules(lr_for(n, lr_at_ref) * scale, muon_lr_for(n) * scale, beta2_for(per_step), micro, accum,
+                     max(1, round(warmup_tokens_for(n) / per_step)), cap, exponent)
