@@ -44,7 +44,7 @@ class Chinchilla(Experiment):
     source = ("Hoffmann et al. 2022 (Training Compute-Optimal Large Language Models) §3.2, approach 2; Pearce & "
               "Song 2024 and Porian et al. 2024 on how the parameter count moves the ratio")
     cost = {"smoke": "about 10 s",
-            "small": "1.9 min measured on a quiet 2-core CPU, 2026-12-06 "
+            "small": "3.0 min measured on a quiet 2-core CPU, 2026-12-06 "
                      "(5 runs of 2e11 FLOPs)",
             "full": "a GPU sweep"}
 
