@@ -41,18 +41,22 @@ def nextoken(*args: str, capture: bool = False) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Flags it does not know (e.g. "
+                                "--model.block_size 64, --tokens-per-param 15) go to `nextoken sweep`.")
+    p.add_argument("--out", required=True, help="directory for the sweep (OUT/sweep), the check run (OUT/check) "
+                   "and prediction.json")
     p.add_argument("--budgets", default="1e10,1.8e10,3.2e10,5.6e10,1e11",
                    help="sweep budgets (default: five a quarter decade apart over 1e10-1e11)")
     p.add_argument("--target", type=float, default=1e12, help="the budget predicted, then trained (default 1e12)")
     p.add_argument("--tokenizer", choices=("bytes", "bpe"), default="bytes")
-    p.add_argument("--schedule", choices=("cosine", "wsd"), default="cosine")
-    p.add_argument("--count", choices=("eff", "non-embedding"), default="eff")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--flops-per-s", type=float, default=3e10, help="for the duration estimate")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--schedule", choices=("cosine", "wsd"), default="cosine", help="the sweep's schedule")
+    p.add_argument("--count", choices=("eff", "non-embedding"), default="eff", help="how fit counts N (default eff)")
+    p.add_argument("--jobs", type=int, default=1, help="sweep runs trained at once, one core each (default 1)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per size with different seeds (default 1)")
+    p.add_argument("--flops-per-s", type=float, default=5e9,
+                   help="for the --dry-run estimate (default 5e9: what one core sustains on these tiny models, "
+                   "per-step overhead included; docs/LOG.md, session 13)")
+    p.add_argument("--dry-run", action="store_true", help="print the sweep's runs and a time estimate; train nothing")
     p.add_argument("--predict-only", action="store_true", help="stop after the plan (register it, then rerun)")
     args, extra = p.parse_known_args()
     out = Path(args.out)
@@ -60,12 +64,19 @@ def main() -> None:
     common = ["--data.tokenizer", args.tokenizer, "--train.threads", "1", *extra]
     sweep_args = ["sweep", "--out", str(sweep_dir), "--budgets", args.budgets, "--schedule", args.schedule,
                   "--jobs", str(args.jobs), "--seeds", str(args.seeds), *common]
-    budgets = [float(b) for b in args.budgets.split(",")]
     if args.dry_run:
-        nextoken(*sweep_args, "--dry-run")
-        total = 7 * args.seeds * sum(budgets) + args.target  # about 7 sizes a budget
-        print(f"about {total:.3g} FLOPs: ~{total / args.flops_per_s / 60 / max(1, args.jobs):.0f} minutes at "
-              f"{args.flops_per_s:.2g} FLOPs/s per job (the sweep; wsd less), plus evaluation")
+        print("$ nextoken " + " ".join(shlex.quote(a) for a in (*sweep_args, "--dry-run")), flush=True)
+        res = subprocess.run([sys.executable, "-m", "nextoken", *sweep_args, "--dry-run"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        print(res.stdout, end="")
+        if res.returncode != 0:
+            raise SystemExit(f"the sweep's dry run failed (exit {res.returncode})")
+        head = res.stdout.split(" FLOPs in all")[0]  # "sweep: R runs over B budgets, X FLOPs in all"
+        sweep_flops = float(head.rsplit(" ", 1)[-1])
+        sweep_min = sweep_flops / args.flops_per_s / 60 / max(1, args.jobs)
+        print(f"about {sweep_min:.0f} minutes for the sweep ({sweep_flops:.3g} FLOPs at {args.flops_per_s:.2g} FLOPs/s "
+              f"a job, {args.jobs} job(s)) and {args.target / args.flops_per_s / 60:.0f} for the check run "
+              f"({args.target:.3g} FLOPs), plus evaluation; wsd sweeps less")
         return
     t0 = time.time()
     nextoken(*sweep_args)

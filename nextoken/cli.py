@@ -201,14 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--tokens", type=_number, help="training tokens D")
     pl.add_argument("--law", default="chinchilla", help=f"{', '.join(LAWS)} (default chinchilla)")
     pl.add_argument("--fit", help="a fit.json from `nextoken fit` (or its sweep directory); overrides --law. The "
-                    "loss is approach 3's L(N, D) of the planned model, the power law through the sweep's IsoFLOP "
-                    "minima beside it")
-    pl.add_argument("--vocab-size", type=int, default=None, help="vocabulary of the shape (default 4096)")
-    pl.add_argument("--block-size", type=int, default=None, help="context of the shape (default 128)")
+                    "loss is approach 3's L(N, D) of the planned model with its 90%% prediction interval, the power "
+                    "law through the sweep's IsoFLOP minima beside it; where the fit shows a red flag (E at a bound, "
+                    "alpha and beta far apart, fewer than 3 interior minima, approaches disagreeing, a frontier "
+                    "still steepening, a missed backtest) the number is called a guess, not a prediction "
+                    "(docs/scaling.md)")
+    pl.add_argument("--vocab-size", type=int, default=None, help="vocabulary of the shape (default 4096; with "
+                    "--fit, the sweep's)")
+    pl.add_argument("--block-size", type=int, default=None, help="context of the shape (default 128; with --fit, "
+                    "the sweep's)")
     pl.add_argument("--tokens-per-s", type=_number, help="training throughput, for the time estimate")
     pl.add_argument("--device", help="GPU name (H100, A100, ...) for a time estimate at --mfu")
     pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for --device (default 0.4)")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="print the plan as one JSON object on stdout (with --fit: "
+                    "interval, red_flags, and confidence: prediction or guess)")
     pl.set_defaults(handler=cmd_plan)
 
     sw = sub.add_parser("sweep", help="IsoFLOP sweep: models of several sizes per compute budget")
@@ -264,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--json", action="store_true")
     im.set_defaults(handler=cmd_import)
 
-    ft = sub.add_parser("fit", help="fit your own scaling law to a sweep (approaches 2 and 3 of Chinchilla)")
+    ft = sub.add_parser("fit", help="fit your own scaling law to a sweep (approaches 2 and 3 of Chinchilla); prints "
+                        "90% intervals and red flags, the reasons not to trust its extrapolation")
     ft.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep directory")
     ft.add_argument("--points", help="a CSV with header params,tokens,loss (optional flops,budget)")
     ft.add_argument("--out", help="fit.json path (default SWEEP/fit.json or next to the CSV)")
@@ -274,11 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how a sweep's N is counted: eff, N_eff = training FLOPs per token / 6, so that C = 6ND "
                     "exactly (default); non-embedding, Kaplan's N (the count before; docs/scaling.md)")
     ft.add_argument("--backtest", action="store_true",
-                    help="also refit without the largest budget, predict its runs and print the error")
+                    help="also refit without the largest budget, predict its runs and print the error; a best-run "
+                    "error over 2%% (or outside its interval) is a red flag")
     ft.add_argument("--min-budget", type=float, metavar="C",
-                    help="fit only the runs of budgets of at least C FLOPs (past budgets below the law's regime: "
-                    "the red flag of a frontier still steepening; docs/scaling.md)")
-    ft.add_argument("--json", action="store_true")
+                    help="fit only the runs of budgets of at least C FLOPs, leaving out budgets below the law's "
+                    "regime (what the red flag of a frontier still steepening suggests); at least 5 runs must "
+                    "remain, and the steepening check needs 3 budgets")
+    ft.add_argument("--json", action="store_true", help="print the fit as one JSON object on stdout (its red_flags "
+                    "included)")
     ft.set_defaults(handler=cmd_fit)
 
     se = sub.add_parser("serve", help="a local web app: watch, probe and compare runs in the browser")

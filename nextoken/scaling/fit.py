@@ -619,7 +619,7 @@ def format_ratios(r: dict, count: str) -> str:
         extra.append(f"{r['per_other_param']:.1f} per {other}")
     if "bytes_per_param" in r:
         extra.append(f"{r['bytes_per_param']:.1f} bytes = {r['bpe_tokens_per_param']:.1f} BPE-token equivalents "
-                     f"({BPE_BYTES_PER_TOKEN} bytes a BPE token)")
+                     f"at {BPE_BYTES_PER_TOKEN} bytes a BPE token")
     return text + (f" = {'; '.join(extra)}" if extra else "")
 
 
@@ -677,6 +677,9 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
         if len(kept) < 5:
             raise NextokenError(f"--min-budget {min_budget:g} keeps {len(kept)} of {len(points)} runs; a fit needs "
                                 "at least 5: choose a lower budget")
+        left_out = sorted({p.get("budget") or p.get("flops") or 0.0 for p in points} -
+                          {p.get("budget") or p.get("flops") or 0.0 for p in kept})
+        dropped = len(points) - len(kept)
         points = kept
     vocab = model["vocab_size"] if model else None
     note = None
@@ -714,6 +717,7 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
                 result["train"]["lr_batch_exponent"] = float(largest["rules"].get("lr_batch_exponent", 0.0))
     if min_budget is not None:
         result["min_budget"] = float(min_budget)
+        result["left_out"] = {"runs": dropped, "budgets": [float(b) for b in left_out]}
     if backtest_too:
         result["backtest"] = bt = backtest(points, vocab, count, bootstrap)
         best, iv = bt["best"], bt["best"].get("interval")
@@ -741,16 +745,25 @@ def format_fit(r: dict, law) -> str:
 
     ch = r["chinchilla"]
     count = r.get("count", "given")
-    lines = [f"{r['n_points']} runs; N counted as {COUNT_NAMES[count]}; approach 3, L(N, D) = E + A/N^alpha + "
+    lines = []
+    if "min_budget" in r:
+        lo = r.get("left_out", {})
+        lines.append(f"--min-budget {r['min_budget']:g}: left out {lo.get('runs', 0)} runs of the budgets "
+                     + (", ".join(f"{b:.3g}" for b in lo.get("budgets", [])) or "(none)"))
+    lines += [f"{r['n_points']} runs; N counted as {COUNT_NAMES[count]}; approach 3, L(N, D) = E + A/N^alpha + "
              f"B/D^beta, Huber loss on log L, L-BFGS from a grid of starts"
              + (f" (90% bootstrap intervals, {a3['bootstrap']} resamples of the runs)" if ci else "") + ":"]
     if r.get("count_note"):
         lines.append(f"  ({r['count_note']})")
+    if len(group_profiles([p for p in r.get("points", []) if p.get("budget") or p.get("flops")] or [])) < 3:
+        lines.append("  (fewer than 3 budgets: whether the frontier still steepens cannot be checked)")
     lines += [f"  {k:<6} {show(k)}" for k in ("E", "A", "B", "alpha", "beta")]
     lines.append(f"  rms log residual {a3['rms_log_residual']:.4f};  N_opt ∝ C^{a3['a']:.3f}, D_opt ∝ C^{a3['b']:.3f}"
                  f"  (Chinchilla: alpha {ch['alpha']:.3f}, beta {ch['beta']:.3f}, a {ch['a']:.3f}, b {ch['b']:.3f})")
     if "a" in a2:
-        lines.append(f"approach 2 (IsoFLOP minima): N_opt ∝ C^{a2['a']:.3f}, D_opt ∝ C^{a2['b']:.3f}")
+        k = sum(1 for p in a2.get("profiles", []) if p.get("bracketed"))
+        lines.append(f"approach 2 (IsoFLOP minima): N_opt ∝ C^{a2['a']:.3f}, D_opt ∝ C^{a2['b']:.3f}, through {k} "
+                     "minima inside their sizes" + (" (a line through two points: no check)" if k < 3 else ""))
     bpt = r.get("bytes_per_token")
     for p in a2.get("profiles", []):
         if "params_opt" in p:

@@ -195,6 +195,7 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
         out["optimal"]["ratios"] = ratios(D_opt, N_opt, None, law.bytes_per_token)
         out["interval"] = law.interval(N, D)
         out["red_flags"] = list(law.red_flags)
+        out["confidence"] = "guess" if law.red_flags else "prediction"  # what the text calls the number
     if isinstance(law, FittedLaw) and law.train and exact:
         out.update(_train_command(law, cfg, D))
     if tokens_per_s is not None:
@@ -287,11 +288,11 @@ def format_plan(res: dict) -> str:
                if res["flops_convention"] == "exact" else "C = 6ND of the given N and D")
         lines.append("note        " + ", ".join(f"{k} {res[k]:.4g} where {v:.4g} was given" for k, v in changed.items())
                      + f": {why}")
-    if res["law"].startswith("fit:") and res["loss_minima"] is None:
-        lines.append("note        the fit has fewer than 3 IsoFLOP minima; in docs/LOG.md's checks, fits on two "
-                     "budgets predicted 3.1-3.2% too low at 4x (on three or more: within 2.3%)")
+    if res["law"].startswith("fit:") and res["loss_minima"] is None and not any("IsoFLOP" in f for f in flags):
+        lines.append("note        no law through the IsoFLOP minima to cross-check approach 3 against (it needs 3 "
+                     "minima above the fit's E)")
     if res.get("data_passes", 0) > 1:
-        lines.append(f"note        D is {res['data_passes']:.1f} passes over the sweep's {res['train_tokens']:,}-token "
+        lines.append(f"note        D is {res['data_passes']:.3g} passes over the sweep's {res['train_tokens']:,}-token "
                      "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
                      "expect a higher loss than predicted, or prepare more data")
     lines += ratio_notes(res)

@@ -156,6 +156,10 @@ def plan_sweep(base: Config, budgets: list[float], sizes: int = 7, spread: float
         else:
             shapes = [shape_for_params(c * spread ** (i / (sizes - 1) - 0.5), base.model) for i in range(sizes)]
         seen = set()
+        distinct = len({(c.n_layer, c.d_model) for c in shapes})
+        if distinct < len(shapes):
+            log(f"budget {budget:.2g}: {distinct} distinct sizes of the {len(shapes)} asked (the family's smallest "
+                "models are its floor, docs/scaling.md §2: this budget may have no interior minimum)")
         for cfg in shapes:
             key = (cfg.n_layer, cfg.d_model)
             if key in seen:
@@ -293,10 +297,11 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 7, s
             f"against {sum(s.max_steps for s in specs):,} for separate runs")
     for s in specs:
         r = s.rules
-        log(f"  {s.name}: {s.n_layer} layers x {s.d_model} ({s.n_head} heads), N_eff {s.params_eff:,.0f} "
+        heads = f"{s.n_head} head" + ("s" if s.n_head > 1 else "")
+        log(f"  {s.name}: {s.n_layer} layers x {s.d_model} ({heads}), N_eff {s.params_eff:,.0f} "
             f"(non-embedding {s.params:,}), {s.max_steps} steps, D {s.tokens:,} tokens "
             f"({s.tokens / s.params_eff:.1f}/N_eff, {s.tokens / s.params:.1f}/non-embedding)"
-            + (f", lr {r['lr']:.3g}, {r['batch_size'] * r['grad_accum']} seqs/step, warmup {r['warmup_steps']}, "
+            + (f", lr {r['lr']:.3g}, {r['batch_size'] * r['grad_accum']} seqs/step, warmup {r['warmup_steps']} steps, "
                f"beta2 {r['beta2']}" if r else "")
             + (f", seed +{s.seed}" if s.seed else "") + (f", cools down from step {s.branch_at}" if s.trunk else ""))
     if dry_run:
