@@ -104,7 +104,8 @@ def test_fit_and_plan_cli_json(tmp_path, capsys):
     (["plan", "--flops", "1e20", "--fit", "/nonexistent/fit.json"], "no fit.json"),
     (["plan", "--flops", "1e20", "--device", "abacus"], "unknown --device"),
     (["fit"], "sweep directory or --points"),
-    (["fit", "/nonexistent-sweep"], "not a sweep directory"),
+    (["fit", "/nonexistent-sweep"], "/nonexistent-sweep does not exist"),
+    (["fit", "/"], "not a sweep directory"),
     (["fit", "--points", "/nonexistent.csv"], "does not exist"),
 ])
 def test_bad_input_is_one_line(argv, needle, capsys):

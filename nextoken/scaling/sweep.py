@@ -463,6 +463,8 @@ def read_plan(sweep_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        if not Path(sweep_dir).exists():
+            raise NextokenError(f"{sweep_dir} does not exist; give the --out of a `nextoken sweep`") from None
         raise NextokenError(f"{sweep_dir} is not a sweep directory (no sweep.json); run `nextoken sweep` "
                             "first") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
