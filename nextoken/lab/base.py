@@ -209,6 +209,14 @@ def sign(e: dict, k: float = K_SE) -> int:
     return 1 if m > k * se else -1 if m < -k * se else 0
 
 
+def held_if_all(*signs: int) -> str:
+    """The verdict of a claim made of parts, each part's `sign`: HELD if every part held (+1), NOT_HELD if any went
+    the other way (-1), else INCONCLUSIVE (some part within its noise)."""
+    if all(s > 0 for s in signs):
+        return HELD
+    return NOT_HELD if any(s < 0 for s in signs) else INCONCLUSIVE
+
+
 def pm(e: dict, unit: str = "nats", spec: str = "+.4f") -> str:
     """'+0.1234 ± 0.0100 nats (mean ± SE over 3 seeds)'."""
     se = "?" if e["se"] is None else format(e["se"], spec.lstrip("+"))

@@ -10,13 +10,12 @@ import torch
 from nextoken.data.loader import ExampleSampler, TokenData
 from nextoken.data.synthetic import modular_addition
 from nextoken.lab.base import (
-    HELD,
     INCONCLUSIVE,
-    NOT_HELD,
     Context,
     Experiment,
     Verdict,
     base_config,
+    held_if_all,
     mean_se,
     paired,
     pm,
@@ -137,11 +136,7 @@ class Grokking(Experiment):
                f"log2 {LATE:g} = {pm(late, unit='')}; without: generalized at "
                f"{[t if t else 'never' for t in t_gen0]}; final val accuracy with minus without weight decay "
                f"{pm(drives, unit='')} {rule}")
-        if sign(late) > 0 and sign(drives) > 0:
-            return Verdict(HELD, why)
-        if sign(late) < 0 or sign(drives) < 0:
-            return Verdict(NOT_HELD, why)
-        return Verdict(INCONCLUSIVE, why)
+        return Verdict(held_if_all(sign(late), sign(drives)), why)
 
 
 def _first(points: list[dict], key: str, level: float) -> int | None:

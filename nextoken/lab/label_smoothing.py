@@ -6,15 +6,13 @@ from __future__ import annotations
 from nextoken.data.loader import TokenData
 from nextoken.eval.measures import calibration, token_predictions
 from nextoken.lab.base import (
-    HELD,
-    INCONCLUSIVE,
-    NOT_HELD,
     Context,
     Experiment,
     Verdict,
     base_config,
     curve,
     final_eval,
+    held_if_all,
     paired,
     pm,
     rule_text,
@@ -110,11 +108,7 @@ class LabelSmoothing(Experiment):
                f"{_mean(hi, 'overconfidence'):+.3f} (ECE {_mean(zero, 'ece'):.3f} → {_mean(hi, 'ece'):.3f}); "
                f"rule: each part {rule_text()}, held if both move the claim's way")
         parts = f"loss part {_word(s_loss)}, calibration part {_word(s_under)}"
-        if s_loss > 0 and s_under > 0:
-            return Verdict(HELD, why + f"; {parts}")
-        if s_loss < 0 or s_under < 0:
-            return Verdict(NOT_HELD, why + f"; {parts}")
-        return Verdict(INCONCLUSIVE, why + f"; {parts}")
+        return Verdict(held_if_all(s_loss, s_under), why + f"; {parts}")
 
 
 def _arm(f: dict, e: float) -> list[dict]:

@@ -10,14 +10,13 @@ import torch.nn.functional as F
 from nextoken.data.loader import TokenData, eval_windows
 from nextoken.lab.base import (
     HELD,
-    INCONCLUSIVE,
-    NOT_HELD,
     Context,
     Experiment,
     Verdict,
     base_config,
     curve,
     final_eval,
+    held_if_all,
     paired,
     pm,
     rule_text,
@@ -127,11 +126,8 @@ class MaskedLM(Experiment):
         why = (f"at the same compute, fill-a-blank NLL next-token minus MLM {pm(fills)}; continue NLL MLM minus "
                f"next-token {pm(conts)}; the MLM predicted {m[0]['predicted_per_seq']:.1f} of {f['block_size']} "
                f"tokens per sequence (rule: held if the MLM fills better and continues worse, each {rule_text()})")
-        if s1 > 0 and s2 > 0:
-            return Verdict(HELD, why)
-        if s1 < 0 or s2 < 0:
-            return Verdict(NOT_HELD, why + f"; filling {_word(s1)}, continuing {_word(s2)}")
-        return Verdict(INCONCLUSIVE, why + f"; filling {_word(s1)}, continuing {_word(s2)}")
+        outcome = held_if_all(s1, s2)
+        return Verdict(outcome, why + ("" if outcome == HELD else f"; filling {_word(s1)}, continuing {_word(s2)}"))
 
 
 def _arm(f: dict, arm: str) -> list[dict]:

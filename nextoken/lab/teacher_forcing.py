@@ -9,8 +9,6 @@ import torch
 from nextoken.data.loader import TokenData, eval_windows
 from nextoken.eval.measures import exposure_bias
 from nextoken.lab.base import (
-    HELD,
-    INCONCLUSIVE,
     NOT_HELD,
     Context,
     Experiment,
@@ -18,6 +16,7 @@ from nextoken.lab.base import (
     base_config,
     curve,
     final_eval,
+    held_if_all,
     mean_se,
     paired,
     pm,
@@ -128,12 +127,10 @@ class TeacherForcing(Experiment):
                f"drift of the teacher-forced model's generations {pm(drift)}: {_word(s2)} (free-running's drift "
                f"{pm(mean_se([v['exposure_bias'] for v in fr]))}); rule: each half {rule_text()}, held if both "
                "held")
-        if s1 > 0 and s2 > 0:
-            return Verdict(HELD, why)
-        if s1 < 0 or s2 < 0:
-            return Verdict(NOT_HELD, why + ("; the first half held, the exposure bias was not seen at this scale"
-                                            if s1 > 0 else ""))
-        return Verdict(INCONCLUSIVE, why)
+        outcome = held_if_all(s1, s2)
+        if outcome == NOT_HELD and s1 > 0:
+            why += "; the first half held, the exposure bias was not seen at this scale"
+        return Verdict(outcome, why)
 
 
 def _arm(f: dict, arm: str) -> list[dict]:

@@ -10,14 +10,13 @@ import torch
 from nextoken.data.loader import BatchSampler, TokenData
 from nextoken.eval.measures import layer_grad_norms
 from nextoken.lab.base import (
-    HELD,
     INCONCLUSIVE,
-    NOT_HELD,
     Context,
     Experiment,
     Verdict,
     base_config,
     draw_sweep,
+    held_if_all,
     lr_sweep,
     paired,
     pm,
@@ -109,11 +108,8 @@ class Warmup(Experiment):
                f"with warmup, {f['trained']['post-nowarmup']:.1f} without; pre-LN {f['trained']['pre-warmup']:.1f} "
                f"/ {f['trained']['pre-nowarmup']:.1f} (rule: held if warmup lowers post-LN's sensitivity and lowers "
                f"it more than pre-LN's, each {rule_text()})")
-        if sign(post) > 0 and sign(more) > 0:
-            return Verdict(HELD, why)
-        if sign(post) < 0 or sign(more) < 0:
-            return Verdict(NOT_HELD, why)
-        return Verdict(INCONCLUSIVE, why + "; within the noise")
+        outcome = held_if_all(sign(post), sign(more))
+        return Verdict(outcome, why + ("; within the noise" if outcome == INCONCLUSIVE else ""))
 
 
 EXPERIMENT = Warmup()
