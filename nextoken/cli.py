@@ -566,13 +566,12 @@ def cmd_next(args, extra) -> int:
 
 def cmd_inspect(args, extra) -> int:
     from nextoken.api import inspect
+    from nextoken.run import Run
 
-    res = inspect(args.run, args.prompt, args.target, args.top, args.step)
+    run = Run(args.run)
+    res = inspect(run, args.prompt, args.target, args.top, args.step)
     if args.json:  # the same fields as serve's POST /api/inspect
-        from nextoken.run import Run
-
-        steps = [int(p.name.removeprefix("step_")) for p in Run(args.run).checkpoints()]
-        _print_json({"run": str(args.run), "checkpoints": steps, **res})
+        _print_json({"run": str(args.run), "checkpoints": run.checkpoint_steps(), **res})
         return 0
     show = lambda t: repr(t)[1:-1]  # noqa: E731
     lines = [f"{res['checkpoint']}: {len(res['tokens'])} tokens" + (" (the last 64)" if res["truncated"] else ""),

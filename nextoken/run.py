@@ -343,6 +343,15 @@ class Run:
         """The complete checkpoints, oldest first."""
         return ckpt.list_checkpoints(self.path / "checkpoints")
 
+    def checkpoint_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, oldest first; one being renamed into place is simply not there
+        yet."""
+        steps = []
+        for p in self.checkpoints():
+            with contextlib.suppress(ValueError):
+                steps.append(int(p.name.removeprefix("step_")))
+        return steps
+
     def checkpoint(self, step: int | None = None) -> Path:
         """The checkpoint at `step`, or the pinned one, or the newest. Raises CheckpointError when absent."""
         if step is None:

@@ -312,7 +312,7 @@ def steepening(r: dict) -> dict | None:
     if len(groups) < 3:
         return None
     top = groups[-3:]
-    logC = [math.log(float(np.exp(np.mean(np.log([p.get("budget") or p["flops"] for p in g]))))) for g in top]
+    logC = [float(np.mean(np.log([p.get("budget") or p["flops"] for p in g]))) for g in top]
     logL = [math.log(min(p["loss"] for p in g)) for g in top]
     measured = -float(np.polyfit(logC, logL, 1)[0])
     law = frontier_slope(r["E"], r["A"], r["B"], r["alpha"], r["beta"], math.exp(logC[-1]))

@@ -234,7 +234,7 @@ async def inspect_prompt(request: Request, st: State) -> Response:
             if key in st.inspections:
                 st.inspections.move_to_end(key)
                 return st.inspections[key]
-        out = {"run": rid, "checkpoints": [int(p.name.removeprefix("step_")) for p in run.checkpoints()],
+        out = {"run": rid, "checkpoints": run.checkpoint_steps(),
                **inspect(loaded, prompt, target, top)}
         body = json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
         with st.inspections_lock:

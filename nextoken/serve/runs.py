@@ -257,15 +257,6 @@ def _finite(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def checkpoint_steps(run: Run) -> list[int]:
-    """Steps of the complete checkpoints; one being renamed into place is simply not there yet."""
-    steps = []
-    for p in run.checkpoints():
-        with contextlib.suppress(ValueError):
-            steps.append(int(p.name.removeprefix("step_")))
-    return steps
-
-
 SMOOTHING = 0.9  # of the runs table's train loss: an EMA over the logged train lines
 
 
@@ -285,7 +276,7 @@ def summarize(run: Run, rows: list[dict], mtime: float) -> dict:
     cfg = run.config
     m = cfg.model
     train, evals = last_per_step(rows, "train"), last_per_step(rows, "eval")
-    steps = checkpoint_steps(run)
+    steps = run.checkpoint_steps()
     state, why = run_state(run, rows, cfg.train.max_steps, steps, mtime)
     events = [r for r in rows if r.get("kind") == "event" and r.get("type") in INCIDENTS]
     best = min(evals, key=lambda r: r["loss"]) if evals else None

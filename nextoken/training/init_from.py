@@ -77,8 +77,9 @@ def load_weights(src: str, model: nn.Module) -> dict[str, str | None]:
 
     p = Path(src)
     if _is_run(p):
-        ckpt.restore(Run(p).checkpoint(), model)  # weights only: the optimizer starts afresh
-        return read_special_tokens(Run(p).path)
+        run = Run(p)
+        ckpt.restore(run.checkpoint(), model)  # weights only: the optimizer starts afresh
+        return read_special_tokens(run.path)
     hf = _hf(src)
     model.load_state_dict(hf.state_dict)
     return dict(hf.special or {})
