@@ -672,13 +672,14 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
         out = Path(out or Path(points_csv).with_suffix(".fit.json"))
         count = "given"
     if min_budget is not None:
-        kept = [p for p in points if (p.get("budget") or p.get("flops") or 6.0 * p["params"] * p["tokens"])
-                >= min_budget * (1 - 1e-9)]
+        def budget(p: dict) -> float:  # the sweep's nominal budget, else the point's FLOPs
+            return p.get("budget") or p.get("flops") or 6.0 * p["params"] * p["tokens"]
+
+        kept = [p for p in points if budget(p) >= min_budget * (1 - 1e-9)]
         if len(kept) < 5:
             raise NextokenError(f"--min-budget {min_budget:g} keeps {len(kept)} of {len(points)} runs; a fit needs "
                                 "at least 5: choose a lower budget")
-        left_out = sorted({p.get("budget") or p.get("flops") or 0.0 for p in points} -
-                          {p.get("budget") or p.get("flops") or 0.0 for p in kept})
+        left_out = sorted({budget(p) for p in points if budget(p) < min_budget * (1 - 1e-9)})
         dropped = len(points) - len(kept)
         points = kept
     vocab = model["vocab_size"] if model else None
