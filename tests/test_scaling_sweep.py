@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shlex
@@ -167,3 +168,29 @@ def test_sweep_in_two_processes_gives_the_points_of_one(bytes_data, tmp_path, ca
     assert [p["name"] for p in one] == [p["name"] for p in two] and len(one) == 3
     for a, b in zip(one, two, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_a_sweep_continued_with_more_budgets_keeps_its_family(tmp_path):
+    from nextoken.scaling.sweep import _family_of_plan, _family_of_specs, _write_plan
+
+    base = build_config("scaling")
+    base.model.vocab_size = 257
+    low = plan_sweep(base, [3e10, 1e13])
+    alone = plan_sweep(base, [1e13])  # planned on its own, the top budget's smallest size picks wider heads
+    width = {s.d_model // s.n_head for s in low}
+    assert len(width) == 1 and {s.d_model // s.n_head for s in alone} != width
+
+    _write_plan(tmp_path, base, [s for s in low if s.budget == 3e10], _family_of_specs(low))
+    family = _family_of_plan(tmp_path)
+    assert family is not None and {family.head_size} == width
+    more = plan_sweep(base, [1e13], family=family)
+    assert [(s.name, s.n_head) for s in more] == [(s.name, s.n_head) for s in low if s.budget == 1e13]
+
+    plan = read_plan(tmp_path)  # a sweep from before the family was recorded: its runs' one head width
+    del plan["family"]
+    (tmp_path / "sweep.json").write_text(json.dumps(plan))
+    assert _family_of_plan(tmp_path) == family
+
+    clash = [dataclasses.replace(low[0], n_head=low[0].n_head * 2)]
+    with pytest.raises(NextokenError, match="another shape"):
+        _write_plan(tmp_path, base, clash)

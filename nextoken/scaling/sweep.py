@@ -36,6 +36,7 @@ from nextoken.model.counting import effective_params, param_counts, training_flo
 from nextoken.nonfinite import divergence
 from nextoken.run import final_eval, read_metrics
 from nextoken.scaling.shapes import (
+    FAMILY_ASPECT,
     MIN_LAYERS,
     Family,
     SizeRules,
@@ -111,18 +112,19 @@ def _centre(budget: float, base: Config, tokens_per_param: float, count: str = "
 def plan_sweep(base: Config, budgets: list[float], sizes: int = 7, spread: float = 12.0,
                tokens_per_param: float = TOKENS_PER_PARAM,
                log: Callable[[str], None] = lambda m: None, seeds: int = 1, dial: bool = False,
-               rules: str = "per-size", schedule: str = "cosine", around=None, count: str = "eff") -> list[RunSpec]:
+               rules: str = "per-size", schedule: str = "cosine", around=None, count: str = "eff",
+               family: Family | None = None) -> list[RunSpec]:
     """`sizes` shapes per budget, spaced evenly in log N over a factor `spread` around the budget's centre: where
     D = tokens_per_param · N (N counted by `count`), or, given `around` (a fitted law, fit.FittedLaw), its optimum
     at that budget; each trained for budget / its FLOPs per token, rounded to whole steps, `seeds` times with
     different seeds (the fit then sees each size's scatter and averages it).
 
-    The shapes are the smooth family of shapes.family_ladder (one head width for the sweep, shapes.family_head_size
-    at its smallest size), trained by shapes.size_rules with `rules` "per-size", by the base config's LR, batch and
-    warmup with "fixed". With `dial`, the sizes are the depth dial's models (shapes.dial_shape at
-    base.model.aspect_ratio, base's context): every depth whose N lies within the spread around the centre (at
-    least the three nearest; `sizes` unused). With `schedule` "wsd", the runs of one shape and seed branch from one
-    trunk (RunSpec.trunk, branch_at)."""
+    The shapes are the smooth family of shapes.family_ladder (one head width for the sweep: `family`'s, else
+    shapes.family_head_size at its smallest size), trained by shapes.size_rules with `rules` "per-size", by the base
+    config's LR, batch and warmup with "fixed". With `dial`, the sizes are the depth dial's models
+    (shapes.dial_shape at base.model.aspect_ratio, base's context): every depth whose N lies within the spread
+    around the centre (at least the three nearest; `sizes` unused). With `schedule` "wsd", the runs of one shape and
+    seed branch from one trunk (RunSpec.trunk, branch_at)."""
     if seeds < 1:
         raise NextokenError(f"--seeds must be >= 1, got {seeds}")
     if sizes < 3:
@@ -145,7 +147,8 @@ def plan_sweep(base: Config, budgets: list[float], sizes: int = 7, spread: float
             return count_params(around.optimal_shape(budget), count)
         return _centre(budget, base, tokens_per_param, count)
 
-    family = Family(family_head_size(centre(budgets[0]) / math.sqrt(spread))) if budgets else None
+    if family is None and budgets:
+        family = Family(family_head_size(centre(budgets[0]) / math.sqrt(spread)))
     runs = []
     for budget in budgets:
         c = centre(budget)
@@ -283,8 +286,9 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 7, s
             raise NextokenError("--around: a fit of a points file has no shapes to centre on; give a sweep's fit")
         law = dataclasses.replace(around, base=dataclasses.replace(around.base, vocab_size=base.model.vocab_size,
                                                                    block_size=base.model.block_size))
+    family = _family_of_plan(out) if not dial else None
     specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log, seeds, dial=dial, rules=rules,
-                       schedule=schedule, around=law)
+                       schedule=schedule, around=law, family=family)
     if not specs:
         raise NextokenError("every run of this sweep is shorter than "
                             f"{MIN_STEPS} steps; raise --budgets or lower --train.batch_size")
@@ -306,7 +310,7 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 7, s
             + (f", seed +{s.seed}" if s.seed else "") + (f", cools down from step {s.branch_at}" if s.trunk else ""))
     if dry_run:
         return []
-    _write_plan(out, base, specs)
+    _write_plan(out, base, specs, _family_of_specs(specs) if not dial else None)
     points: dict[str, dict] = {}
 
     def record(spec: RunSpec, result: dict) -> None:
@@ -445,7 +449,26 @@ def _train_parallel(base: Config, todo: list, out: Path, total: int, jobs: int, 
             raise
 
 
-def _write_plan(out: Path, base: Config, specs: list[RunSpec]) -> None:
+def _family_of_plan(out: Path) -> Family | None:
+    """The model family an existing sweep in `out` trained: recorded in its sweep.json, else (sweeps from before it
+    was recorded) the one head width all its runs share; None for a new sweep or runs of mixed head widths. A
+    sweep continued with more budgets (or --around) keeps its family, so that one fit never mixes two families."""
+    if not (out / "sweep.json").is_file():
+        return None
+    plan = read_plan(out)
+    if fam := plan.get("family"):
+        return Family(int(fam["head_size"]), int(fam.get("aspect", FAMILY_ASPECT)))
+    widths = {r["d_model"] // r["n_head"] for r in plan["runs"].values() if r.get("n_head")}
+    return Family(widths.pop()) if len(widths) == 1 else None
+
+
+def _family_of_specs(specs: list[RunSpec]) -> Family | None:
+    """The family of plan_sweep's runs: their one head width (at the family aspect), None for mixed widths."""
+    widths = {s.d_model // s.n_head for s in specs}
+    return Family(widths.pop()) if len(widths) == 1 else None
+
+
+def _write_plan(out: Path, base: Config, specs: list[RunSpec], family: Family | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep.json"
     runs = {s.name: dataclasses.asdict(s) for s in specs}
@@ -454,8 +477,16 @@ def _write_plan(out: Path, base: Config, specs: list[RunSpec]) -> None:
         if old["base"]["model"] != base.to_dict()["model"] or old["base"]["optim"] != base.to_dict()["optim"]:
             raise NextokenError(f"{out} holds a sweep with another base config; continue it with the same "
                                 "flags, or choose another --out")
+        shape = ("n_layer", "n_head", "d_model", "max_steps", "seed")
+        for name, spec in runs.items():
+            if name in old["runs"] and any(old["runs"][name].get(k) != spec[k] for k in shape):
+                raise NextokenError(f"{out} already has a run {name} of another shape or length; continue the "
+                                    "sweep with the flags it was started with, or choose another --out")
         runs = {**old["runs"], **runs}
-    path.write_text(json.dumps({"version": 1, "base": base.to_dict(), "runs": runs}, indent=1))
+    plan = {"version": 1, "base": base.to_dict(), "runs": runs}
+    if family is not None:
+        plan["family"] = family.to_dict()
+    path.write_text(json.dumps(plan, indent=1))
 
 
 def read_plan(sweep_dir: Path) -> dict:
