@@ -5,8 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -194,3 +199,31 @@ def test_a_sweep_continued_with_more_budgets_keeps_its_family(tmp_path):
     clash = [dataclasses.replace(low[0], n_head=low[0].n_head * 2)]
     with pytest.raises(NextokenError, match="another shape"):
         _write_plan(tmp_path, base, clash)
+
+
+def test_a_sweeps_pool_processes_end_with_the_sweep(tmp_path):
+    # the sweep's own process killed outright (no Ctrl-C reaching its pool): its runs must not train on as orphans
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from nextoken.scaling.sweep import _pool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = _pool(1)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    os.kill(worker, 0)  # alive while the sweep is
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the pool's process outlived the sweep")

@@ -22,8 +22,11 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -420,11 +423,31 @@ def _train_trunks(base: Config, todo: list, out: Path, total: int, jobs: int, lo
         return
     base = copy.deepcopy(base)
     base.train.threads = base.train.threads or 1
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _pool(jobs) as pool:
         futures = [pool.submit(_trunk_worker, base, b, out, total) for b in by_trunk.values()]
         for future in as_completed(futures):
             for spec, result in future.result():
                 record(spec, result)
+
+
+def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """A pool process's initializer: a daemon thread ends this process once `parent_pid` is no longer its parent.
+    A sweep stopped by a signal its pool never sees (SIGTERM or SIGKILL to the sweep's own process, not Ctrl-C to
+    the terminal's process group) would otherwise leave its runs training on as orphans, writing into run
+    directories that a restarted sweep is training too. Checkpoints are written atomically, so the exit loses at
+    most the steps since the last one, as any interruption does."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _pool(jobs: int) -> ProcessPoolExecutor:
+    """`jobs` spawned processes (no fork of a process that holds torch's thread pools) that end with this one."""
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def _worker(base: Config, spec: RunSpec, run_dir: Path, tag: str) -> dict:
@@ -437,8 +460,7 @@ def _train_parallel(base: Config, todo: list, out: Path, total: int, jobs: int, 
     one core busy each and gain little from a second thread, so a 2-core CPU finishes a sweep ~2x sooner."""
     base = copy.deepcopy(base)
     base.train.threads = base.train.threads or 1
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
-    with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+    with _pool(jobs) as pool:
         futures = {pool.submit(_worker, base, spec, out / spec.name, f"[{i}/{total}] "): spec for i, spec in todo}
         try:
             for future in as_completed(futures):
