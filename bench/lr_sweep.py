@@ -6,7 +6,7 @@
 Each size is the family's model nearest that N_eff (scaling/shapes.py: family_shape) with its per-size batch
 (capped, as in sweeps, to leave MIN_RUN_STEPS steps), warmup and beta2 (size_rules); only the peak LR moves,
 over `factors` x the rule's LR (lr_for at LR_AT_REF, Porian et al. 2024's constant; with --optim muon, Muon's
-LR around muon_lr_for). Each run trains
+LR around muon_lr_for, over 0.25-4x by default). Each run trains
 tokens_per_param x N_eff tokens on a cosine schedule on the `scaling` preset's data (byte-level stdlib) and is
 scored by its final val loss. Per size, a parabola in log LR through the best point and its neighbours gives
 eta*(N); a least-squares line of log eta* on log N gives the exponent (against Porian et al.'s -1/3) and the
@@ -30,7 +30,9 @@ from nextoken.model.counting import effective_params
 from nextoken.run import final_eval, read_metrics
 from nextoken.scaling.shapes import (
     LR_AT_REF,
+    MUON_LR_AT_TINY,
     RULE_REF_N,
+    TINY_N_EFF,
     Family,
     family_head_size,
     family_shape,
@@ -61,13 +63,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", type=_numbers, default=[8e3, 2e4, 5e4], help="N_eff of the three sizes")
-    p.add_argument("--factors", type=_numbers, default=[0.0625, 0.125, 0.25, 0.5, 1.0],
-                   help="LRs as multiples of the rule's")
+    p.add_argument("--factors", type=_numbers, default=None,
+                   help="LRs as multiples of the rule's (default 0.0625,0.125,0.25,0.5,1 for AdamW, whose rule is "
+                   "Porian's constant; 0.25,0.5,1,2,4 for Muon, whose rule is already this project's)")
     p.add_argument("--tokens-per-param", type=float, default=20.0)
     p.add_argument("--optim", choices=("adamw", "muon"), default="adamw")
     p.add_argument("--data", help="prepared data (default: the scaling preset's byte-level stdlib)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if args.factors is None:
+        args.factors = [0.0625, 0.125, 0.25, 0.5, 1.0] if args.optim == "adamw" else [0.25, 0.5, 1.0, 2.0, 4.0]
 
     base = build_config("scaling")
     base.data.path = args.data or str(stdlib_data(base.data.tokenizer, base.data.vocab_size))
@@ -121,12 +126,18 @@ def main() -> None:
         print(f"N_eff {n:.0f}: eta* {eta:.4g}{edge}")
     if len(best) >= 2:
         slope, icpt = np.polyfit(np.log([b[0] for b in best]), np.log([b[1] for b in best]), 1)
-        at_ref = float(np.exp(np.mean([math.log(e) + math.log(n / RULE_REF_N) / 3 for n, e in best])))
-        _plot(results, best, at_ref, out / "lr_sweep.png")
+        ref = RULE_REF_N if args.optim == "adamw" else TINY_N_EFF
+        at_ref = float(np.exp(np.mean([math.log(e) + math.log(n / ref) / 3 for n, e in best])))
+        _plot(results, best, at_ref, ref, args.optim, out / "lr_sweep.png")
         print(f"wrote {out / 'lr_sweep.png'}")
-        print(f"fit: eta* ∝ N_eff^{slope:.3f} (Porian et al. 2024: -1/3); at the exponent -1/3, eta*(108M) = "
-              f"{at_ref:.4g} (Porian's 0.0047), i.e. lr_for(N) = {at_ref:.4g} x (N/108M)^(-1/3); at N_eff 2e4: "
-              f"{lr_for(2e4, at_ref):.4g}")
+        if args.optim == "adamw":
+            print(f"fit: eta* ∝ N_eff^{slope:.3f} (Porian et al. 2024: -1/3); at the exponent -1/3, eta*(108M) = "
+                  f"{at_ref:.4g} (Porian's 0.0047), i.e. lr_for(N) = {at_ref:.4g} x (N/108M)^(-1/3); at N_eff 2e4: "
+                  f"{lr_for(2e4, at_ref):.4g}")
+        else:
+            print(f"fit: Muon's eta* ∝ N_eff^{slope:.3f} (the rule's exponent: -1/3); at the exponent -1/3, eta* at "
+                  f"the tiny preset's N_eff {TINY_N_EFF:,.0f} = {at_ref:.4g} (MUON_LR_AT_TINY: {MUON_LR_AT_TINY}); "
+                  f"at N_eff 2e4: {at_ref * (2e4 / TINY_N_EFF) ** (-1 / 3):.4g} (the rule: {muon_lr_for(2e4):.4g})")
 
 
 def _all_finished(out: Path, optim: str, results: list[dict]) -> list[dict]:
@@ -150,7 +161,7 @@ def _all_finished(out: Path, optim: str, results: list[dict]) -> list[dict]:
     return results
 
 
-def _plot(results: list[dict], best: list, at_ref: float, path: Path) -> None:
+def _plot(results: list[dict], best: list, at_ref: float, ref: float, optim: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,13 +172,18 @@ def _plot(results: list[dict], best: list, at_ref: float, path: Path) -> None:
         rows = sorted((r for r in results if r["n_eff"] == n), key=lambda r: r["lr"])
         ax1.plot([r["lr"] for r in rows], [r["loss"] for r in rows], "o-", color=f"C{k}",
                  label=f"N_eff {n:,.0f} ({rows[0]['shape'][0]}x{rows[0]['shape'][1]})")
-    ax1.set(xscale="log", xlabel="peak LR (AdamW)", ylabel="final val loss (nats/byte)", title="LR sweep per size")
+    ax1.set(xscale="log", xlabel=f"peak LR ({'AdamW' if optim == 'adamw' else 'Muon'})",
+            ylabel="final val loss (nats/byte)", title="LR sweep per size")
     ax1.legend(fontsize=8)
     ns = np.array([b[0] for b in best])
     ax2.scatter(ns, [b[1] for b in best], color="black", zorder=3, label="eta* (parabola in log LR)")
     grid = np.geomspace(ns.min() / 2, ns.max() * 2, 20)
-    ax2.plot(grid, [lr_for(n, at_ref) for n in grid], label=f"fit: {at_ref:.2g} (N/108M)^-1/3")
-    ax2.plot(grid, [lr_for(n, 0.0047) for n in grid], ls="--", label="Porian et al. 2024: 0.0047 (N/108M)^-1/3")
+    where = "108M" if optim == "adamw" else f"{ref:.3g}"
+    ax2.plot(grid, [at_ref * (n / ref) ** (-1 / 3) for n in grid], label=f"fit: {at_ref:.2g} (N/{where})^-1/3")
+    if optim == "adamw":
+        ax2.plot(grid, [lr_for(n, 0.0047) for n in grid], ls="--", label="Porian et al. 2024: 0.0047 (N/108M)^-1/3")
+    else:
+        ax2.plot(grid, [muon_lr_for(n) for n in grid], ls="--", label=f"the rule: {MUON_LR_AT_TINY} (N/{where})^-1/3")
     ax2.set(xscale="log", yscale="log", xlabel="N_eff", ylabel="optimal peak LR", title="eta*(N)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
