@@ -170,6 +170,7 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
     N_opt, D_opt = law.optimal(C)
     # the frontier falls with C; its inverse at this loss is what the allocation costs against the optimum
     same = _solve_compute(lambda c: -_optimal_loss(law, c), -loss)
+    same = None if same is None else float(f"{same:.6g}")  # a root found to ~1e-9: no digits past what it knows
     out = {
         "law": law.name,
         "given": given,
