@@ -30,7 +30,8 @@ from nextoken.model.counting import effective_params
 from nextoken.run import final_eval, read_metrics
 from nextoken.scaling.shapes import (
     LR_AT_REF,
-    MUON_LR_AT_TINY,
+    LR_FITTED,
+    MUON_LR_FITTED,
     RULE_REF_N,
     TINY_N_EFF,
     Family,
@@ -70,6 +71,7 @@ def main() -> None:
     p.add_argument("--optim", choices=("adamw", "muon"), default="adamw")
     p.add_argument("--data", help="prepared data (default: the scaling preset's byte-level stdlib)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fit-only", action="store_true", help="train nothing: fit the finished runs in OUT")
     args = p.parse_args()
     if args.factors is None:
         args.factors = [0.0625, 0.125, 0.25, 0.5, 1.0] if args.optim == "adamw" else [0.25, 0.5, 1.0, 2.0, 4.0]
@@ -81,7 +83,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for n_target in args.sizes:
+    for n_target in [] if args.fit_only else args.sizes:
         model = family_shape(n_target, base.model, family)
         n = effective_params(model)
         rules = size_rules(model, tokens=args.tokens_per_param * n)  # the sweeps' rules, the step cap included
@@ -128,16 +130,27 @@ def main() -> None:
         slope, icpt = np.polyfit(np.log([b[0] for b in best]), np.log([b[1] for b in best]), 1)
         ref = RULE_REF_N if args.optim == "adamw" else TINY_N_EFF
         at_ref = float(np.exp(np.mean([math.log(e) + math.log(n / ref) / 3 for n, e in best])))
-        _plot(results, best, at_ref, ref, args.optim, out / "lr_sweep.png")
+        # the rule as a sweep applies it (the step cap's sqrt LR scale included) against each size's eta*
+        applied = []
+        for n, eta in best:
+            model = family_shape(n, base.model, family)
+            r = size_rules(model, tokens=args.tokens_per_param * n)
+            applied.append(eta / (r.lr if args.optim == "adamw" else r.muon_lr))
+        off = float(np.exp(np.mean(np.log(applied))))
+        rule_points = [(n, eta / a) for (n, eta), a in zip(best, applied, strict=True)]
+        _plot(results, best, at_ref, ref, args.optim, rule_points, out / "lr_sweep.png")
         print(f"wrote {out / 'lr_sweep.png'}")
         if args.optim == "adamw":
             print(f"fit: eta* ∝ N_eff^{slope:.3f} (Porian et al. 2024: -1/3); at the exponent -1/3, eta*(108M) = "
                   f"{at_ref:.4g} (Porian's 0.0047), i.e. lr_for(N) = {at_ref:.4g} x (N/108M)^(-1/3); at N_eff 2e4: "
                   f"{lr_for(2e4, at_ref):.4g}")
+            now, name = LR_FITTED, "LR_FITTED"
         else:
-            print(f"fit: Muon's eta* ∝ N_eff^{slope:.3f} (the rule's exponent: -1/3); at the exponent -1/3, eta* at "
-                  f"the tiny preset's N_eff {TINY_N_EFF:,.0f} = {at_ref:.4g} (MUON_LR_AT_TINY: {MUON_LR_AT_TINY}); "
-                  f"at N_eff 2e4: {at_ref * (2e4 / TINY_N_EFF) ** (-1 / 3):.4g} (the rule: {muon_lr_for(2e4):.4g})")
+            print(f"fit: Muon's eta* ∝ N_eff^{slope:.3f} (the rule's exponent: -1/3)")
+            now, name = MUON_LR_FITTED, "MUON_LR_FITTED"
+        print("eta* over the rule as sweeps apply it (cap's sqrt scale included): "
+              + ", ".join(f"{a:.3g}" for a in applied) + f"; geometric mean {off:.3g}, so {name} = {now:.3g} "
+              f"would be {now * off:.2g}")
 
 
 def _all_finished(out: Path, optim: str, results: list[dict]) -> list[dict]:
@@ -161,7 +174,8 @@ def _all_finished(out: Path, optim: str, results: list[dict]) -> list[dict]:
     return results
 
 
-def _plot(results: list[dict], best: list, at_ref: float, ref: float, optim: str, path: Path) -> None:
+def _plot(results: list[dict], best: list, at_ref: float, ref: float, optim: str, rule_points: list,
+          path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,7 +197,10 @@ def _plot(results: list[dict], best: list, at_ref: float, ref: float, optim: str
     if optim == "adamw":
         ax2.plot(grid, [lr_for(n, 0.0047) for n in grid], ls="--", label="Porian et al. 2024: 0.0047 (N/108M)^-1/3")
     else:
-        ax2.plot(grid, [muon_lr_for(n) for n in grid], ls="--", label=f"the rule: {MUON_LR_AT_TINY} (N/{where})^-1/3")
+        ax2.plot(grid, [muon_lr_for(n) for n in grid], ls="--",
+                 label=f"the rule: {MUON_LR_FITTED} (N/{where})^-1/3, before the step cap's scale")
+    ax2.scatter([r[0] for r in rule_points], [r[1] for r in rule_points], marker="x", color="C3", zorder=3,
+                label="the rule as the sweep applied it (step cap's sqrt scale)")
     ax2.set(xscale="log", yscale="log", xlabel="N_eff", ylabel="optimal peak LR", title="eta*(N)")
     ax2.legend(fontsize=8)
     fig.tight_layout()

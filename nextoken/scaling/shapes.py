@@ -173,7 +173,11 @@ LR_AT_REF = 0.0047  # Porian et al. 2024 (their AdamW fit); `nextoken sweep` use
 # seed): eta* 0.020, 0.015, 0.030, i.e. 0.0012 at 108M under the -1/3 exponent; the profiles are flat and noisy
 # (single seeds scatter by up to 0.1 nats), so the constant is known to about a factor 2 (docs/scaling.md)
 LR_FITTED = 0.0012
-MUON_LR_AT_TINY = 0.04  # Muon's best of three on the `tiny` preset (docs/LOG.md, "the default run, retuned")
+# Muon's: our LR sweep (bench/lr_sweep.py --optim muon: 48 runs, nine LRs at each of the same three sizes, one
+# and two sequences a step under the step cap) puts eta* at 0.0125, 0.0081, 0.0065 (exponent -0.35), 0.12-0.20x
+# of the rule with the constant it had, 0.04 (the `tiny` preset's best of three, at 16 sequences a step);
+# applied as sweeps apply it, cap scale included, the constant that matches them is 0.0055 (docs/scaling.md)
+MUON_LR_FITTED = 0.0055
 TINY_N_EFF = 1.2e6  # about the N_eff of the `tiny` preset (4 x 128, BPE-4096, context 128)
 SMALL_BATCH_TOKENS = 128 * 2048  # below this, AdamW's beta2 = 0.99 (Porian et al. 2024, §3.4)
 # The batch rule was fitted on runs of a few thousand optimizer steps (Porian et al.'s smallest model, ~5M
@@ -197,9 +201,10 @@ def lr_for(n_eff: float, at_ref: float | None = None) -> float:
 
 
 def muon_lr_for(n_eff: float) -> float:
-    """Muon's peak learning rate for a model of `n_eff`: MUON_LR_AT_TINY at the tiny preset's size, scaled by the
-    same N^(-1/3) as AdamW's (OLMo-core's ladder scales its Muon LR by Porian et al.'s AdamW rule)."""
-    return MUON_LR_AT_TINY * (n_eff / TINY_N_EFF) ** (-1 / 3)
+    """Muon's peak learning rate for a model of `n_eff`: MUON_LR_FITTED at the tiny preset's size, scaled by
+    N^(-1/3) as AdamW's is (OLMo-core's ladder scales its Muon LR by Porian et al.'s AdamW rule; our Muon LR sweep
+    measured -0.31). Before the step cap's sqrt scale, which size_rules applies."""
+    return MUON_LR_FITTED * (n_eff / TINY_N_EFF) ** (-1 / 3)
 
 
 def batch_tokens_for(n_eff: float) -> float:
