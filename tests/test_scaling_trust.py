@@ -21,6 +21,7 @@ from nextoken.scaling.fit import (
     fit_points,
     frontier_slope,
     lr_at_ref_of,
+    muon_lr_at_tiny_of,
     red_flags,
     steepening,
 )
@@ -32,6 +33,7 @@ from nextoken.scaling.shapes import (
     LR_FITTED,
     MAX_STEP,
     MIN_RUN_STEPS,
+    MUON_LR_FITTED,
     Family,
     batch_for,
     batch_tokens_for,
@@ -110,9 +112,14 @@ def test_a_short_runs_batch_leaves_it_enough_steps():
     assert size_rules(model, tokens=D, lr_batch_exponent=0).lr == by_n.lr
     long = dataclasses.replace(by_n, min_steps=MIN_RUN_STEPS, lr_batch_exponent=CAPPED_LR_EXPONENT)
     assert size_rules(model, tokens=1e12) == long  # a long run: N's batch and LR
-    # a fit recovers the sweep's LR constant from a capped run's recorded rules
+    # a fit recovers the sweep's LR constants from a capped run's recorded rules, so that `plan` trains its model
+    # with the sweep's constants even after the rules' own have been refitted
     spec = {"rules": short.to_dict(), "params_eff": effective_params(model)}
     assert lr_at_ref_of(spec, 64) == pytest.approx(LR_FITTED)
+    assert muon_lr_at_tiny_of(spec, 64) == pytest.approx(MUON_LR_FITTED)
+    old = size_rules(model, tokens=D, lr_at_ref=3e-3, muon_at_tiny=0.04)
+    old_spec = {"rules": old.to_dict(), "params_eff": effective_params(model)}
+    assert (lr_at_ref_of(old_spec, 64), muon_lr_at_tiny_of(old_spec, 64)) == (pytest.approx(3e-3), pytest.approx(0.04))
     assert batch_for(1e4, 64, tokens=10.0) == (1, 1)
 
 

@@ -630,17 +630,31 @@ def _family_of(points: list[dict]) -> Family | None:
     return Family(widths.pop()) if len(widths) == 1 else None
 
 
-def lr_at_ref_of(spec: dict, block_size: int) -> float:
-    """The LR constant at RULE_REF_N a sweep's run was trained under (shapes.lr_for), undoing the capped-batch
-    scale of shapes.size_rules where it had one: (its batch / N's batch)^lr_batch_exponent."""
+def _capped_scale(spec: dict, block_size: int) -> float:
+    """The factor shapes.size_rules multiplied a sweep run's LRs by where the step cap cut its batch below N's:
+    (its batch / N's batch)^lr_batch_exponent; 1 where it had none."""
     from nextoken.scaling.shapes import batch_for
 
     rules = spec["rules"]
-    lr = rules["lr"] * (spec["params_eff"] / RULE_REF_N) ** (1 / 3)
-    if exponent := rules.get("lr_batch_exponent", 0.0):
-        micro, accum = batch_for(spec["params_eff"], block_size)
-        lr /= (rules["batch_size"] * rules["grad_accum"] / (micro * accum)) ** exponent
-    return lr
+    if not (exponent := rules.get("lr_batch_exponent", 0.0)):
+        return 1.0
+    micro, accum = batch_for(spec["params_eff"], block_size)
+    return (rules["batch_size"] * rules["grad_accum"] / (micro * accum)) ** exponent
+
+
+def lr_at_ref_of(spec: dict, block_size: int) -> float:
+    """The AdamW LR constant at RULE_REF_N a sweep's run was trained under (shapes.lr_for), its capped-batch scale
+    undone."""
+    return spec["rules"]["lr"] * (spec["params_eff"] / RULE_REF_N) ** (1 / 3) / _capped_scale(spec, block_size)
+
+
+def muon_lr_at_tiny_of(spec: dict, block_size: int) -> float:
+    """The Muon LR constant at TINY_N_EFF a sweep's run was trained under (shapes.muon_lr_for), its capped-batch
+    scale undone: so that `plan` trains Muon as the sweep did, whatever the constant is today."""
+    from nextoken.scaling.shapes import TINY_N_EFF
+
+    rules = spec["rules"]
+    return rules["muon_lr"] * (spec["params_eff"] / TINY_N_EFF) ** (1 / 3) / _capped_scale(spec, block_size)
 
 
 def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = None, bootstrap: int = 100,
@@ -713,6 +727,7 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
                                "schedule": largest.get("schedule", "cosine")}
             if largest.get("rules") and largest.get("params_eff"):  # the LR constant the sweep ran with
                 result["train"]["lr_at_ref"] = lr_at_ref_of(largest, base.model.block_size)
+                result["train"]["muon_lr_at_tiny"] = muon_lr_at_tiny_of(largest, base.model.block_size)
             if largest.get("rules"):  # the horizon cap its batch rule ran with (0 or absent: by N alone)
                 result["train"]["min_steps"] = int(largest["rules"].get("min_steps", 0))
                 result["train"]["lr_batch_exponent"] = float(largest["rules"].get("lr_batch_exponent", 0.0))

@@ -221,9 +221,10 @@ def _train_command(law: FittedLaw, cfg: ModelConfig, D: float) -> dict:
     config, this shape, and, for a sweep with per-size rules, this shape's (shapes.size_rules)."""
     flags = (f"--model.n_layer {cfg.n_layer} --model.n_head {cfg.n_head} --model.d_model {cfg.d_model}")
     if law.train.get("rules") == "per-size":
-        # the LR constant and batch cap its sweep ran with
+        # the LR constants and batch cap its sweep ran with
         r = size_rules(cfg, law.train.get("lr_at_ref"), D, min_steps=law.train.get("min_steps", 0),
-                       lr_batch_exponent=law.train.get("lr_batch_exponent", 0.0))
+                       lr_batch_exponent=law.train.get("lr_batch_exponent", 0.0),
+                       muon_at_tiny=law.train.get("muon_lr_at_tiny"))
         tps = r.batch_size * r.grad_accum * cfg.block_size
         steps = max(1, round(D / tps))
         warmup, ckpt_every = run_schedule(r.warmup_steps, steps)

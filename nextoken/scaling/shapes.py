@@ -200,11 +200,11 @@ def lr_for(n_eff: float, at_ref: float | None = None) -> float:
     return (at_ref if at_ref is not None else LR_FITTED) * (n_eff / RULE_REF_N) ** (-1 / 3)
 
 
-def muon_lr_for(n_eff: float) -> float:
+def muon_lr_for(n_eff: float, at_tiny: float | None = None) -> float:
     """Muon's peak learning rate for a model of `n_eff`: MUON_LR_FITTED at the tiny preset's size, scaled by
     N^(-1/3) as AdamW's is (OLMo-core's ladder scales its Muon LR by Porian et al.'s AdamW rule; our Muon LR sweep
-    measured -0.31). Before the step cap's sqrt scale, which size_rules applies."""
-    return MUON_LR_FITTED * (n_eff / TINY_N_EFF) ** (-1 / 3)
+    measured -0.35), or `at_tiny` in its place. Before the step cap's sqrt scale, which size_rules applies."""
+    return (at_tiny if at_tiny is not None else MUON_LR_FITTED) * (n_eff / TINY_N_EFF) ** (-1 / 3)
 
 
 def batch_tokens_for(n_eff: float) -> float:
@@ -262,11 +262,13 @@ class SizeRules:
 
 
 def size_rules(model: ModelConfig, lr_at_ref: float | None = None, tokens: float | None = None,
-               min_steps: int = MIN_RUN_STEPS, lr_batch_exponent: float = CAPPED_LR_EXPONENT) -> SizeRules:
+               min_steps: int = MIN_RUN_STEPS, lr_batch_exponent: float = CAPPED_LR_EXPONENT,
+               muon_at_tiny: float | None = None) -> SizeRules:
     """Every per-size rule for `model`, by its N_eff (effective_params); given the run's `tokens` (D), the batch
     also leaves at least `min_steps` optimizer steps where a sequence a step allows (batch_for), and where that
     cuts the batch below N's, the LRs are multiplied by (batch / N's batch)^lr_batch_exponent (CAPPED_LR_EXPONENT;
-    0 leaves them as N's rule gives them)."""
+    0 leaves them as N's rule gives them). `lr_at_ref` and `muon_at_tiny` replace the LR rules' constants (a
+    sweep's own, for `plan`)."""
     n = effective_params(model)
     cap = min_steps if tokens is not None else 0
     micro, accum = batch_for(n, model.block_size, tokens, cap)
@@ -275,5 +277,5 @@ def size_rules(model: ModelConfig, lr_at_ref: float | None = None, tokens: float
     cut = per_step / (free_micro * free_accum * model.block_size)
     exponent = lr_batch_exponent if cap else 0.0
     scale = cut ** exponent
-    return SizeRules(lr_for(n, lr_at_ref) * scale, muon_lr_for(n) * scale, beta2_for(per_step), micro, accum,
-                     max(1, round(warmup_tokens_for(n) / per_step)), cap, exponent)
+    return SizeRules(lr_for(n, lr_at_ref) * scale, muon_lr_for(n, muon_at_tiny) * scale, beta2_for(per_step),
+                     micro, accum, max(1, round(warmup_tokens_for(n) / per_step)), cap, exponent)
