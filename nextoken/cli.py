@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep directory")
     ft.add_argument("--points", help="a CSV with header params,tokens,loss (optional flops,budget)")
     ft.add_argument("--out", help="fit.json path (default SWEEP/fit.json or next to the CSV)")
-    ft.add_argument("--plot", help="PNG path (default beside fit.json: isoflop.png)")
+    ft.add_argument("--plot", help="PNG path (default: isoflop.png beside a fit.json, else the --out name with .png)")
     ft.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the intervals (0: none)")
     ft.add_argument("--count", choices=("eff", "non-embedding"), default="eff",
                     help="how a sweep's N is counted: eff, N_eff = training FLOPs per token / 6, so that C = 6ND "

@@ -86,13 +86,18 @@ def test_fit_and_plan_cli_json(tmp_path, capsys):
     assert {"E", "A", "B", "alpha", "beta", "a", "b"} <= set(res)
     assert res["alpha"] == pytest.approx(EPOCH.alpha, rel=0.05)
     fit_json = tmp_path / "points.fit.json"
-    assert fit_json.is_file() and (tmp_path / "isoflop.png").stat().st_size > 10_000
+    assert fit_json.is_file() and (tmp_path / "points.fit.png").stat().st_size > 10_000  # the fit's own figure
 
     assert main(["plan", "--fit", str(fit_json), "--flops", "1e21", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert {"params", "tokens", "flops", "loss", "tokens_per_param", "shape"} <= set(plan)
     assert plan["loss"] == pytest.approx(float(EPOCH.loss(plan["params"], plan["tokens"])), rel=0.01)
     assert {"n_layer", "n_head", "d_model"} <= set(plan["shape"])
+    assert plan["extrapolation"] == pytest.approx(10, rel=0.01)  # 1e21 over the largest budget fitted, 1e20
+    assert main(["plan", "--fit", str(fit_json), "--flops", "1e21"]) == 0
+    assert "the fit's largest budget" not in capsys.readouterr().err  # checked that far: no note
+    assert main(["plan", "--fit", str(fit_json), "--flops", "1e23"]) == 0
+    assert "1e+23 FLOPs is 1,000x the fit's largest budget" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -487,6 +487,7 @@ class FittedLaw:
     residuals: list | None = None  # the fit's log residuals
     red_flags: tuple[str, ...] = ()
     bytes_per_token: float | None = None  # of the sweep's data: per-byte ratios in plan
+    max_flops: float | None = None  # the largest budget fitted: how far `plan` extrapolates
 
     def optimal_loss(self, C: float) -> float | None:
         """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
@@ -581,8 +582,11 @@ def load_fit(path: str | Path) -> FittedLaw:
     fam = data.get("family")
     family = Family(int(fam["head_size"]), int(fam.get("aspect", FAMILY_ASPECT))) if isinstance(fam, dict) else None
     a3 = data.get("approach3") if isinstance(data.get("approach3"), dict) else {}
+    budgets = [pt.get("budget") or pt.get("flops") for pt in data.get("points") or () if isinstance(pt, dict)]
+    max_flops = max((float(b) for b in budgets if isinstance(b, int | float)), default=None)
     return FittedLaw(law, base, str(p), frontier, train_tokens, train, count, family, a3.get("samples"),
-                     a3.get("log_residuals"), tuple(data.get("red_flags") or ()), data.get("bytes_per_token"))
+                     a3.get("log_residuals"), tuple(data.get("red_flags") or ()), data.get("bytes_per_token"),
+                     max_flops)
 
 
 # Bytes of text per token of the built-in stdlib corpus under its default tokenizer, BPE with 4096 entries
@@ -661,13 +665,13 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
             out: str | Path | None = None, plot: str | Path | None = None, count: str = "eff",
             backtest_too: bool = False, min_budget: float | None = None) -> tuple[dict, object]:
     """Fit a sweep directory (its finished runs) or a CSV of points (header params,tokens,loss), write fit.json
-    (default SWEEP/fit.json, or beside the CSV) and the IsoFLOP figure (default isoflop.png beside it). A sweep's
-    N is counted by `count` (eff: N_eff, the default; non-embedding: Kaplan's), a points file's as given. With
-    `backtest_too`, also `backtest` (under "backtest"). With `min_budget`, only the runs of budgets (else FLOPs)
-    of at least that many FLOPs are fitted: the way past budgets that sit below the law's regime (the
-    `steepening` red flag). Returns (the fit's figures, the law `plan --fit` loads from it). Raises
-    NextokenError for neither or both sources, a negative bootstrap count, a min_budget that leaves fewer than 5
-    runs, or unreadable inputs."""
+    (default SWEEP/fit.json, or beside the CSV) and the IsoFLOP figure (default isoflop.png beside a fit.json, else
+    the fit's own name with .png). A sweep's N is counted by `count` (eff: N_eff, the default; non-embedding:
+    Kaplan's), a points file's as given. With `backtest_too`, also `backtest` (under "backtest"). With `min_budget`,
+    only the runs of budgets (else FLOPs) of at least that many FLOPs are fitted: the way past budgets that sit
+    below the law's regime (the `steepening` red flag). Returns (the fit's figures, the law `plan --fit` loads from
+    it). Raises NextokenError for neither or both sources, a negative bootstrap count, a min_budget that leaves
+    fewer than 5 runs, or unreadable inputs."""
     from nextoken.data.prepare import read_manifest
 
     if count not in ("eff", "non-embedding"):
@@ -745,7 +749,9 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
                 + "): a law that misses one budget ahead is no guide ten times ahead")
     write_fit(result, out)
     law = load_fit(out)
-    figure = plot_fit(result, plot or out.with_name("isoflop.png"), law)
+    # isoflop.png beside a fit.json; a fit named otherwise gets its own figure, so two fits in one folder keep both
+    default_plot = out.with_name("isoflop.png") if out.name == "fit.json" else out.with_suffix(".png")
+    figure = plot_fit(result, plot or default_plot, law)
     result.update(fit_json=str(out), plot=str(figure))
     return result, law
 

@@ -17,6 +17,8 @@ from nextoken.scaling.laws import get_law
 from nextoken.scaling.shapes import describe, dial_shape_for_params, family_shape, shape_for_params, size_rules
 from nextoken.scaling.sweep import run_schedule
 
+# How far past a fit's largest budget its predictions have been checked against a run (docs/scaling.md §7)
+EXTRAPOLATION_CHECKED = 10.0
 
 def param_counts_n(cfg: ModelConfig) -> int:
     return param_counts(cfg).non_embedding
@@ -197,6 +199,8 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
         out["interval"] = law.interval(N, D)
         out["red_flags"] = list(law.red_flags)
         out["confidence"] = "guess" if law.red_flags else "prediction"  # what the text calls the number
+        if law.max_flops:
+            out["extrapolation"] = float(C / law.max_flops)  # the target over the fit's largest budget
     if isinstance(law, FittedLaw) and law.train and exact:
         out.update(_train_command(law, cfg, D))
     if tokens_per_s is not None:
@@ -254,7 +258,8 @@ def format_plan(res: dict) -> str:
     if flags:  # no interval that looks like a measurement: the fit itself is in doubt
         loss = (f"loss        ~{res['loss']:.3f} nats/token: a guess, not a prediction; the fit shows "
                 f"{len(flags)} red flag(s) (below)" + (f", and its {PI_LEVEL}% interval [{iv[0]:.3f}, {iv[1]:.3f}] "
-                                                      "assumes a law it cannot vouch for" if iv else ""))
+                                                      "assumes a law it cannot vouch for" if iv else "")
+                + ("" if allocated else minima))
     else:
         loss = (f"loss        {res['loss']:.4f} nats/token (predicted"
                 + (f", {PI_LEVEL}% prediction interval [{iv[0]:.4f}, {iv[1]:.4f}] from the bootstrap over runs"
@@ -293,6 +298,10 @@ def format_plan(res: dict) -> str:
     if res["law"].startswith("fit:") and res["loss_minima"] is None and not any("IsoFLOP" in f for f in flags):
         lines.append("note        no law through the IsoFLOP minima to cross-check approach 3 against (it needs 3 "
                      "minima above the fit's E)")
+    if res.get("extrapolation", 0) > EXTRAPOLATION_CHECKED:
+        lines.append(f"note        {res['flops']:.3g} FLOPs is {res['extrapolation']:,.0f}x the fit's largest budget; "
+                     f"predictions were checked up to {EXTRAPOLATION_CHECKED:g}x (docs/scaling.md §7): beyond, the "
+                     "interval is the law's own, not a record's")
     if res.get("data_passes", 0) > 1:
         lines.append(f"note        D is {res['data_passes']:.3g} passes over the sweep's {res['train_tokens']:,}-token "
                      "train split; repeated tokens are worth less than new ones (Muennighoff et al. 2023), so "
@@ -320,8 +329,8 @@ def ratio_notes(res: dict) -> list[str]:
     r = res["ratios"]
     bpe = f"{r['bpe_tokens_per_param']:.0f} per BPE-token equivalent" if "bpe_tokens_per_param" in r else ""
     return ["note        Chinchilla's ~20 tokens per parameter is for subword tokens, non-embedding N and 1e18-1e24 "
-            "FLOPs; at tiny budgets the optimal ratio is larger (Porian et al. 2024; Pearce & Song 2024)"
-            + (f", and {bpe} here" if bpe else "") + " (docs/scaling.md)"]
+            "FLOPs; counting N that way, tiny budgets' optima tend to lie higher (Porian et al. 2024; Pearce & Song "
+            "2024)" + (f"; this plan's is {bpe}" if bpe else "") + " (docs/scaling.md)"]
 
 
 def _duration(s: float) -> str:

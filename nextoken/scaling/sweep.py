@@ -289,14 +289,15 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 7, s
             raise NextokenError("--around: a fit of a points file has no shapes to centre on; give a sweep's fit")
         law = dataclasses.replace(around, base=dataclasses.replace(around.base, vocab_size=base.model.vocab_size,
                                                                    block_size=base.model.block_size))
-    family = _family_of_plan(out) if not dial else None
+    family = None if dial else _family_of_plan(out) or (law.family if law is not None else None)
     specs = plan_sweep(base, budgets, sizes, spread, tokens_per_param, log, seeds, dial=dial, rules=rules,
                        schedule=schedule, around=law, family=family)
     if not specs:
         raise NextokenError("every run of this sweep is shorter than "
                             f"{MIN_STEPS} steps; raise --budgets or lower --train.batch_size")
     total = sum(s.flops for s in specs)
-    log(f"sweep: {len(specs)} runs over {len(budgets)} budgets, {total:.3g} FLOPs in all")
+    log(f"sweep: {len(specs)} runs over {len(budgets)} budget{'s' if len(budgets) != 1 else ''}, {total:.3g} FLOPs "
+        "in all")
     if schedule == "wsd":
         trunk_steps = sum(max(s.branch_at for s in specs if s.trunk == t) for t in {s.trunk for s in specs})
         cooldowns = sum(s.max_steps - s.branch_at for s in specs)
@@ -474,7 +475,8 @@ def _train_parallel(base: Config, todo: list, out: Path, total: int, jobs: int, 
 def _family_of_plan(out: Path) -> Family | None:
     """The model family an existing sweep in `out` trained: recorded in its sweep.json, else (sweeps from before it
     was recorded) the one head width all its runs share; None for a new sweep or runs of mixed head widths. A
-    sweep continued with more budgets (or --around) keeps its family, so that one fit never mixes two families."""
+    sweep continued with more budgets (or --around) keeps its family, so that one fit never mixes two families; a
+    new sweep `--around` a fit takes that fit's family."""
     if not (out / "sweep.json").is_file():
         return None
     plan = read_plan(out)
