@@ -81,6 +81,8 @@ def main() -> None:
     base.model.vocab_size = read_manifest(base.data.path)["vocab_size"]
     family = Family(family_head_size(min(args.sizes)))
     out = Path(args.out)
+    if args.fit_only and not out.is_dir():
+        raise SystemExit(f"{out} does not exist; give the --out of an earlier lr_sweep run")
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for n_target in [] if args.fit_only else args.sizes:
@@ -110,6 +112,8 @@ def main() -> None:
             print(f"N_eff {n:>9.0f} ({model.n_layer}x{model.d_model}) lr {centre * f:.4g}: val loss {loss:.4f} "
                   f"({steps} steps of {tokens_per_step})", flush=True)
     results = _all_finished(out, args.optim, results)  # also those of earlier grids in OUT
+    if not results:
+        raise SystemExit(f"{out}: no finished {args.optim} runs to fit; run without --fit-only first")
     (out / "lr_sweep.json").write_text(json.dumps(results, indent=1))
     best = []
     for n in sorted({r["n_eff"] for r in results}):
@@ -193,7 +197,8 @@ def _plot(results: list[dict], best: list, at_ref: float, ref: float, optim: str
     ax2.scatter(ns, [b[1] for b in best], color="black", zorder=3, label="eta* (parabola in log LR)")
     grid = np.geomspace(ns.min() / 2, ns.max() * 2, 20)
     where = "108M" if optim == "adamw" else f"{ref:.3g}"
-    ax2.plot(grid, [at_ref * (n / ref) ** (-1 / 3) for n in grid], label=f"fit: {at_ref:.2g} (N/{where})^-1/3")
+    ax2.plot(grid, [at_ref * (n / ref) ** (-1 / 3) for n in grid],
+             label=f"-1/3 through eta* as measured: {at_ref:.2g} (N/{where})^-1/3")
     if optim == "adamw":
         ax2.plot(grid, [lr_for(n, 0.0047) for n in grid], ls="--", label="Porian et al. 2024: 0.0047 (N/108M)^-1/3")
     else:
