@@ -173,7 +173,7 @@ LR_AT_REF = 0.0047  # Porian et al. 2024 (their AdamW fit); `nextoken sweep` use
 # seed): eta* 0.020, 0.015, 0.030, i.e. 0.0012 at 108M under the -1/3 exponent; the profiles are flat and noisy
 # (single seeds scatter by up to 0.1 nats), so the constant is known to about a factor 2 (docs/scaling.md)
 LR_FITTED = 0.0012
-# Muon's: our LR sweep (bench/lr_sweep.py --optim muon: 48 runs, nine LRs at each of the same three sizes, one
+# Muon's: our LR sweep (bench/lr_sweep.py --optim muon: 51 runs, 15-18 LRs at each of the same three sizes, one
 # and two sequences a step under the step cap) puts eta* at 0.0125, 0.0081, 0.0065 (exponent -0.35), 0.12-0.20x
 # of the rule with the constant it had, 0.04 (the `tiny` preset's best of three, at 16 sequences a step);
 # applied as sweeps apply it, cap scale included, the constant that matches them is 0.0055 (docs/scaling.md)
