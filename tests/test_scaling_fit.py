@@ -95,7 +95,9 @@ def test_fit_and_plan_cli_json(tmp_path, capsys):
     assert {"n_layer", "n_head", "d_model"} <= set(plan["shape"])
     assert plan["extrapolation"] == pytest.approx(10, rel=0.01)  # 1e21 over the largest budget fitted, 1e20
     assert main(["plan", "--fit", str(fit_json), "--flops", "1e21"]) == 0
-    assert "the fit's largest budget" not in capsys.readouterr().err  # checked that far: no note
+    err = capsys.readouterr().err
+    assert "the fit's largest budget" not in err  # checked that far: no note
+    assert "the fit ran no --backtest" in err  # "no red flag" without the backtest says what it did not look for
     assert main(["plan", "--fit", str(fit_json), "--flops", "1e23"]) == 0
     assert "1e+23 FLOPs is 1,000x the fit's largest budget" in capsys.readouterr().err
 

@@ -488,6 +488,7 @@ class FittedLaw:
     red_flags: tuple[str, ...] = ()
     bytes_per_token: float | None = None  # of the sweep's data: per-byte ratios in plan
     max_flops: float | None = None  # the largest budget fitted: how far `plan` extrapolates
+    backtested: bool = False  # whether `fit --backtest` ran, whose miss is one of the red flags
 
     def optimal_loss(self, C: float) -> float | None:
         """The loss of the compute-optimal model at C from the power law through the sweep's IsoFLOP minima
@@ -586,7 +587,7 @@ def load_fit(path: str | Path) -> FittedLaw:
     max_flops = max((float(b) for b in budgets if isinstance(b, int | float)), default=None)
     return FittedLaw(law, base, str(p), frontier, train_tokens, train, count, family, a3.get("samples"),
                      a3.get("log_residuals"), tuple(data.get("red_flags") or ()), data.get("bytes_per_token"),
-                     max_flops)
+                     max_flops, isinstance(data.get("backtest"), dict))
 
 
 # Bytes of text per token of the built-in stdlib corpus under its default tokenizer, BPE with 4096 entries

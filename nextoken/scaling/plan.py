@@ -199,6 +199,7 @@ def plan(law_name: str = "chinchilla", flops: float | None = None, params: float
         out["interval"] = law.interval(N, D)
         out["red_flags"] = list(law.red_flags)
         out["confidence"] = "guess" if law.red_flags else "prediction"  # what the text calls the number
+        out["backtested"] = law.backtested
         if law.max_flops:
             out["extrapolation"] = float(C / law.max_flops)  # the target over the fit's largest budget
     if isinstance(law, FittedLaw) and law.train and exact:
@@ -264,7 +265,9 @@ def format_plan(res: dict) -> str:
         loss = (f"loss        {res['loss']:.4f} nats/token (predicted"
                 + (f", {PI_LEVEL}% prediction interval [{iv[0]:.4f}, {iv[1]:.4f}] from the bootstrap over runs"
                    if iv else "")
-                + (": approach 3's L(N, D) of this model" + ("" if allocated else minima) if minima else "") + ")")
+                + (": approach 3's L(N, D) of this model" + ("" if allocated else minima) if minima else "") + ")"
+                + ("; the fit ran no --backtest, so that red flag was not looked for"
+                   if res.get("backtested") is False else ""))
     lines = [
         f"law         {res['law']}  (budget by {res['flops_convention']})",
         f"compute     {res['flops']:.3e} FLOPs",
