@@ -176,7 +176,8 @@ def test_sweep_in_two_processes_gives_the_points_of_one(bytes_data, tmp_path, ca
 
 
 def test_a_sweep_continued_with_more_budgets_keeps_its_family(tmp_path):
-    from nextoken.scaling.sweep import _family_of_plan, _family_of_specs, _write_plan
+    from nextoken.scaling.shapes import family_of_shapes
+    from nextoken.scaling.sweep import _family_of_plan, _write_plan
 
     base = build_config("scaling")
     base.model.vocab_size = 257
@@ -185,7 +186,8 @@ def test_a_sweep_continued_with_more_budgets_keeps_its_family(tmp_path):
     width = {s.d_model // s.n_head for s in low}
     assert len(width) == 1 and {s.d_model // s.n_head for s in alone} != width
 
-    _write_plan(tmp_path, base, [s for s in low if s.budget == 3e10], _family_of_specs(low))
+    first = [s for s in low if s.budget == 3e10]
+    _write_plan(tmp_path, base, first, family_of_shapes((s.d_model, s.n_head) for s in low))
     family = _family_of_plan(tmp_path)
     assert family is not None and {family.head_size} == width
     more = plan_sweep(base, [1e13], family=family)

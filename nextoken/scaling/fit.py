@@ -34,7 +34,15 @@ from nextoken.errors import NextokenError
 from nextoken.model.counting import effective_params, param_counts, training_flops_per_token
 from nextoken.nonfinite import dumps
 from nextoken.scaling.laws import CHINCHILLA, ParametricLaw
-from nextoken.scaling.shapes import FAMILY_ASPECT, RULE_REF_N, Family, count_params, family_ladder, shape_for_params
+from nextoken.scaling.shapes import (
+    FAMILY_ASPECT,
+    RULE_REF_N,
+    Family,
+    count_params,
+    family_ladder,
+    family_of_shapes,
+    shape_for_params,
+)
 from nextoken.scaling.sweep import collect_points, excluded_why
 
 HUBER_DELTA = 1e-3
@@ -629,10 +637,8 @@ def format_ratios(r: dict, count: str) -> str:
 
 
 def _family_of(points: list[dict]) -> Family | None:
-    """The sweep's family, read off its runs: one head width throughout (sweeps from before the family, and
-    --dial sweeps, have several or none)."""
-    widths = {p["d_model"] // p["n_head"] for p in points if p.get("n_head")}
-    return Family(widths.pop()) if len(widths) == 1 else None
+    """The sweep's family, read off its runs (sweeps from before the family, and --dial sweeps, have none)."""
+    return family_of_shapes((p["d_model"], p.get("n_head")) for p in points)
 
 
 def _capped_scale(spec: dict, block_size: int) -> float:

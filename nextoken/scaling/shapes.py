@@ -114,6 +114,13 @@ class Family:
         return {"head_size": self.head_size, "aspect": self.aspect}
 
 
+def family_of_shapes(shapes) -> Family | None:
+    """The family a set of shapes was drawn from, read off their one head width: `shapes` gives (d_model, n_head)
+    pairs. None where the head widths differ or there are none (dial sweeps, sweeps from before the family)."""
+    widths = {d // h for d, h in shapes if h}
+    return Family(widths.pop()) if len(widths) == 1 else None
+
+
 def family_head_size(n_eff_min: float, aspect: int = FAMILY_ASPECT) -> int:
     """The head width of a sweep's family: the largest power of two (4 to 128) at which the model of `n_eff_min`,
     the sweep's smallest, still has MIN_FAMILY_HEADS heads, so that one more head is a step of at most ~1.5x in N

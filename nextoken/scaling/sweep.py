@@ -46,6 +46,7 @@ from nextoken.scaling.shapes import (
     count_params,
     dial_shape,
     family_head_size,
+    family_of_shapes,
     family_shape,
     shape_for_params,
     size_rules,
@@ -314,7 +315,7 @@ def sweep(base: Config, out: str | Path, budgets: list[float], sizes: int = 7, s
             + (f", seed +{s.seed}" if s.seed else "") + (f", cools down from step {s.branch_at}" if s.trunk else ""))
     if dry_run:
         return []
-    _write_plan(out, base, specs, _family_of_specs(specs) if not dial else None)
+    _write_plan(out, base, specs, family_of_shapes((s.d_model, s.n_head) for s in specs) if not dial else None)
     points: dict[str, dict] = {}
 
     def record(spec: RunSpec, result: dict) -> None:
@@ -482,14 +483,7 @@ def _family_of_plan(out: Path) -> Family | None:
     plan = read_plan(out)
     if fam := plan.get("family"):
         return Family(int(fam["head_size"]), int(fam.get("aspect", FAMILY_ASPECT)))
-    widths = {r["d_model"] // r["n_head"] for r in plan["runs"].values() if r.get("n_head")}
-    return Family(widths.pop()) if len(widths) == 1 else None
-
-
-def _family_of_specs(specs: list[RunSpec]) -> Family | None:
-    """The family of plan_sweep's runs: their one head width (at the family aspect), None for mixed widths."""
-    widths = {s.d_model // s.n_head for s in specs}
-    return Family(widths.pop()) if len(widths) == 1 else None
+    return family_of_shapes((r["d_model"], r.get("n_head")) for r in plan["runs"].values())
 
 
 def _write_plan(out: Path, base: Config, specs: list[RunSpec], family: Family | None = None) -> None:
