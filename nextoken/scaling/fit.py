@@ -638,7 +638,7 @@ def format_ratios(r: dict, count: str) -> str:
 
 def _family_of(points: list[dict]) -> Family | None:
     """The sweep's family, read off its runs (sweeps from before the family, and --dial sweeps, have none)."""
-    return family_of_shapes((p["d_model"], p.get("n_head")) for p in points)
+    return family_of_shapes((p.get("d_model"), p.get("n_head")) for p in points)
 
 
 def _capped_scale(spec: dict, block_size: int) -> float:

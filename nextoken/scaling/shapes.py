@@ -117,7 +117,7 @@ class Family:
 def family_of_shapes(shapes) -> Family | None:
     """The family a set of shapes was drawn from, read off their one head width: `shapes` gives (d_model, n_head)
     pairs. None where the head widths differ or there are none (dial sweeps, sweeps from before the family)."""
-    widths = {d // h for d, h in shapes if h}
+    widths = {d // h for d, h in shapes if d and h}
     return Family(widths.pop()) if len(widths) == 1 else None
 
 

@@ -483,7 +483,7 @@ def _family_of_plan(out: Path) -> Family | None:
     plan = read_plan(out)
     if fam := plan.get("family"):
         return Family(int(fam["head_size"]), int(fam.get("aspect", FAMILY_ASPECT)))
-    return family_of_shapes((r["d_model"], r.get("n_head")) for r in plan["runs"].values())
+    return family_of_shapes((r.get("d_model"), r.get("n_head")) for r in plan["runs"].values())
 
 
 def _write_plan(out: Path, base: Config, specs: list[RunSpec], family: Family | None = None) -> None:
