@@ -20,20 +20,19 @@ import argparse
 import math
 import subprocess
 import sys
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from nextoken.run import final_eval, read_metrics
-from nextoken.scaling.sweep import collect_points
+from nextoken.config import config_from_dict, load_toml
+from nextoken.model.counting import training_flops
+from nextoken.scaling.sweep import collect_points, finished_result
 
 
 def _result(run_dir: Path) -> dict | None:
-    try:
-        cfg = tomllib.loads((run_dir / "config.toml").read_text())
-        return final_eval(read_metrics(run_dir), cfg["train"]["max_steps"])
-    except (FileNotFoundError, KeyError):
+    """A finished run's final eval line, else None."""
+    if not (run_dir / "config.toml").is_file():
         return None
+    return finished_result(run_dir, load_toml(run_dir / "config.toml")["train"]["max_steps"])
 
 
 def _train(config: Path, out: Path, lr: float, seed: int) -> float:
@@ -68,12 +67,12 @@ def main() -> None:
     for extra in map(Path, args.also):
         if (r := _result(extra)) is None:
             raise SystemExit(f"--also {extra}: not a finished run")
-        cfg = tomllib.loads((extra / "config.toml").read_text())
-        runs.append((_flops(cfg), extra, r["loss"]))
+        model = config_from_dict(load_toml(extra / "config.toml")).model
+        runs.append((training_flops(model, r["tokens"]), extra, r["loss"]))  # its budget: exact FLOPs it trained
     runs.sort(key=lambda r: r[0])
     jobs = []
     for budget, run, loss in runs:
-        cfg = tomllib.loads((run / "config.toml").read_text())
+        cfg = load_toml(run / "config.toml")
         lr0, seed0 = cfg["optim"]["lr"], cfg["train"]["seed"]
         for f in factors:
             for s in range(args.seeds):
@@ -102,16 +101,6 @@ def main() -> None:
     for (c0, l0, t0), (c1, l1, t1) in zip(frontier, frontier[1:], strict=False):
         dc = math.log(c1 / c0)
         print(f"  {c0:.3g} -> {c1:.3g}: {math.log(l0 / l1) / dc:.4f}; {math.log(t0 / t1) / dc:.4f}")
-
-
-def _flops(cfg: dict) -> float:
-    """A run's training FLOPs: its exact FLOPs per token times the tokens it trained on."""
-    from nextoken.config import config_from_dict
-    from nextoken.model.counting import training_flops_per_token
-
-    c = config_from_dict(cfg)
-    tokens = c.train.max_steps * c.train.batch_size * c.train.grad_accum * c.model.block_size
-    return training_flops_per_token(c.model) * tokens
 
 
 if __name__ == "__main__":

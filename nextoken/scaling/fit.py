@@ -37,7 +37,9 @@ from nextoken.scaling.laws import CHINCHILLA, ParametricLaw
 from nextoken.scaling.shapes import (
     FAMILY_ASPECT,
     RULE_REF_N,
+    TINY_N_EFF,
     Family,
+    batch_for,
     count_params,
     family_ladder,
     family_of_shapes,
@@ -150,6 +152,11 @@ def _fit_approach3(N, D, L, bootstrap: int, seed: int, delta: float) -> dict:
 
 
 # ---- approach 2 ------------------------------------------------------------------------------------
+
+def budget_of(p: dict) -> float | None:
+    """A point's compute budget in FLOPs: its sweep's nominal budget, else its own FLOPs; None for neither."""
+    return p.get("budget") or p.get("flops")
+
 
 def group_profiles(points: list[dict]) -> list[list[dict]]:
     """Points of one compute budget together: by the sweep's nominal budget, else by FLOPs within 10%."""
@@ -315,12 +322,12 @@ def steepening(r: dict) -> dict | None:
     with an offset can only flatten with C; data that fall faster at the top budgets than at the bottom are
     below the scale where the law holds (at byte level on CPU budgets: docs/LOG.md, session 13), and every
     extrapolation of such a fit under-predicts the gain."""
-    pts = [p for p in r.get("points", []) if p.get("loss") and (p.get("budget") or p.get("flops"))]
+    pts = [p for p in r.get("points", []) if p.get("loss") and budget_of(p)]
     groups = group_profiles(pts) if pts else []
     if len(groups) < 3:
         return None
     top = groups[-3:]
-    logC = [float(np.mean(np.log([p.get("budget") or p["flops"] for p in g]))) for g in top]
+    logC = [float(np.mean(np.log([budget_of(p) for p in g]))) for g in top]
     logL = [math.log(min(p["loss"] for p in g)) for g in top]
     measured = -float(np.polyfit(logC, logL, 1)[0])
     law = frontier_slope(r["E"], r["A"], r["B"], r["alpha"], r["beta"], math.exp(logC[-1]))
@@ -591,7 +598,7 @@ def load_fit(path: str | Path) -> FittedLaw:
     fam = data.get("family")
     family = Family(int(fam["head_size"]), int(fam.get("aspect", FAMILY_ASPECT))) if isinstance(fam, dict) else None
     a3 = data.get("approach3") if isinstance(data.get("approach3"), dict) else {}
-    budgets = [pt.get("budget") or pt.get("flops") for pt in data.get("points") or () if isinstance(pt, dict)]
+    budgets = [budget_of(pt) for pt in data.get("points") or () if isinstance(pt, dict)]
     max_flops = max((float(b) for b in budgets if isinstance(b, int | float)), default=None)
     return FittedLaw(law, base, str(p), frontier, train_tokens, train, count, family, a3.get("samples"),
                      a3.get("log_residuals"), tuple(data.get("red_flags") or ()), data.get("bytes_per_token"),
@@ -644,8 +651,6 @@ def _family_of(points: list[dict]) -> Family | None:
 def _capped_scale(spec: dict, block_size: int) -> float:
     """The factor shapes.size_rules multiplied a sweep run's LRs by where the step cap cut its batch below N's:
     (its batch / N's batch)^lr_batch_exponent; 1 where it had none."""
-    from nextoken.scaling.shapes import batch_for
-
     rules = spec["rules"]
     if not (exponent := rules.get("lr_batch_exponent", 0.0)):
         return 1.0
@@ -662,10 +667,7 @@ def lr_at_ref_of(spec: dict, block_size: int) -> float:
 def muon_lr_at_tiny_of(spec: dict, block_size: int) -> float:
     """The Muon LR constant at TINY_N_EFF a sweep's run was trained under (shapes.muon_lr_for), its capped-batch
     scale undone: so that `plan` trains Muon as the sweep did, whatever the constant is today."""
-    from nextoken.scaling.shapes import TINY_N_EFF
-
-    rules = spec["rules"]
-    return rules["muon_lr"] * (spec["params_eff"] / TINY_N_EFF) ** (1 / 3) / _capped_scale(spec, block_size)
+    return spec["rules"]["muon_lr"] * (spec["params_eff"] / TINY_N_EFF) ** (1 / 3) / _capped_scale(spec, block_size)
 
 
 def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = None, bootstrap: int = 100,
@@ -697,8 +699,8 @@ def fit_run(sweep: str | Path | None = None, points_csv: str | Path | None = Non
         out = Path(out or Path(points_csv).with_suffix(".fit.json"))
         count = "given"
     if min_budget is not None:
-        def budget(p: dict) -> float:  # the sweep's nominal budget, else the point's FLOPs
-            return p.get("budget") or p.get("flops") or 6.0 * p["params"] * p["tokens"]
+        def budget(p: dict) -> float:  # a points file may give neither: then C = 6ND
+            return budget_of(p) or 6.0 * p["params"] * p["tokens"]
 
         kept = [p for p in points if budget(p) >= min_budget * (1 - 1e-9)]
         if len(kept) < 5:
@@ -784,7 +786,7 @@ def format_fit(r: dict, law) -> str:
              + (f" (90% bootstrap intervals, {a3['bootstrap']} resamples of the runs)" if ci else "") + ":"]
     if r.get("count_note"):
         lines.append(f"  ({r['count_note']})")
-    if len(group_profiles([p for p in r.get("points", []) if p.get("budget") or p.get("flops")] or [])) < 3:
+    if len(group_profiles([p for p in r.get("points", []) if budget_of(p)])) < 3:
         lines.append("  (fewer than 3 budgets: whether the frontier still steepens cannot be checked)")
     lines += [f"  {k:<6} {show(k)}" for k in ("E", "A", "B", "alpha", "beta")]
     lines.append(f"  rms log residual {a3['rms_log_residual']:.4f};  N_opt ∝ C^{a3['a']:.3f}, D_opt ∝ C^{a3['b']:.3f}"

@@ -20,6 +20,7 @@ from nextoken.scaling.sweep import run_schedule
 # How far past a fit's largest budget its predictions have been checked against a run (docs/scaling.md §7)
 EXTRAPOLATION_CHECKED = 10.0
 
+
 def param_counts_n(cfg: ModelConfig) -> int:
     return param_counts(cfg).non_embedding
 
